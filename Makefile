@@ -1,0 +1,38 @@
+# Zero Balance Loss. Quick start: `make demo`, then `make test`.
+# Both run on the embedded default (SQLite + Redis under var/) unless DATABASE_URL / REDIS_URL are set.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test setup lint clean stop
+
+$(STAMP): requirements.txt requirements-dev.txt
+	scripts/ensure-packages pkg-config libmariadb-dev
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+setup: $(STAMP)
+	$(PY) manage.py createdb
+	$(PY) manage.py migrate --noinput -v0
+
+demo: setup
+	$(PY) manage.py attack --mode all
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
+	$(PY) manage.py makemigrations --check --dry-run -v1
+	$(VENV)/bin/pytest
+
+# Stop the embedded Redis server (it keeps running between commands, shared by every process).
+stop: $(STAMP)
+	$(PY) -c "from pathlib import Path; from project import embedded_redis; embedded_redis.stop(Path('var'))"
+
+clean: stop
+	rm -rf var $(VENV) staticfiles

@@ -1,0 +1,1 @@
+"""The attack engine: concurrent deductions against one account, measured."""

@@ -1,0 +1,274 @@
+"""The load engine behind `manage.py attack`, the admin's launcher and bench/.
+
+It fires `requests` deductions at one account with `concurrency` workers (threads) spread
+over `processes` OS processes, all released together by one barrier, and turns what the
+workers saw into an `AttackRun`: counts per outcome, TPS, latency percentiles and the
+balance loss (expected − actual balance).
+
+Processes are forked (not spawned) so that they inherit the configured database settings
+(including pytest-django's test database) and each gets its own connections, its own pid
+and therefore its own instance id: `--processes 2` behaves like two app instances.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import queue
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.db import connections
+from django.utils import timezone
+
+from ledger.attack.targets import InProcessTarget, Sample, Target
+from ledger.errors import InvalidRequest
+from ledger.models import AttackRun, Outcome
+from ledger.services import validate_amount, validate_think_ms
+
+MAX_REQUESTS = 1_000_000
+# Each worker holds one database connection: keep instances × workers under max_connections.
+MAX_CONCURRENCY = 128
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    strategy: str
+    requests: int = 400
+    concurrency: int = 16
+    processes: int = 1
+    amount: int = 100
+    balance: int = 30_000
+    think_ms: int = 0
+    account_id: int | None = None
+
+    def validate(self) -> None:
+        """Raise InvalidRequest naming the option (as spelled on the command line)."""
+
+        def whole(field: str, value: object, low: int, high: int) -> None:
+            if type(value) is not int or not low <= value <= high:
+                raise InvalidRequest(field, f"must be an integer from {low} to {high}")
+
+        whole("requests", self.requests, 1, MAX_REQUESTS)
+        whole("concurrency", self.concurrency, 1, MAX_CONCURRENCY)
+        whole("processes", self.processes, 1, self.concurrency)
+        validate_amount(self.amount)
+        if self.account_id is None:
+            whole("balance", self.balance, 0, 2**62)
+        validate_think_ms(self.think_ms)
+
+    def as_parameters(self) -> dict:
+        return {
+            "requests": self.requests,
+            "concurrency": self.concurrency,
+            "processes": self.processes,
+            "amount": self.amount,
+            "balance": self.balance,
+            "think_ms": self.think_ms,
+        }
+
+
+def run_attack(
+    plan: AttackPlan, *, target: Target | None = None, on_progress: ProgressCallback | None = None
+) -> AttackRun:
+    """Run one attack and return its saved AttackRun (status finished, or failed + raise)."""
+    target = target or InProcessTarget()
+    plan.validate()
+    target.check(plan)
+    account_id, initial_balance = target.prepare(plan)
+    run = AttackRun.objects.create(
+        strategy=plan.strategy,
+        target=target.label,
+        parameters=plan.as_parameters(),
+        account_id=target.local_account_id(account_id),
+        started_at=timezone.now(),
+        requests=plan.requests,
+        initial_balance=initial_balance,
+    )
+    try:
+        samples, wall_s = _fire(plan, target, account_id, run.pk, on_progress)
+        actual = target.balance(account_id)
+        expected = target.expected_balance(account_id, run.pk, initial_balance, samples, plan)
+    except BaseException as failure:
+        run.status, run.failure, run.finished_at = AttackRun.Status.FAILED, repr(failure), timezone.now()
+        run.save()
+        raise
+    _summarise(run, samples, wall_s)
+    run.expected_balance, run.actual_balance = expected, actual
+    run.balance_loss = expected - actual
+    run.status, run.finished_at = AttackRun.Status.FINISHED, timezone.now()
+    run.save()
+    return run
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return None
+    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
+
+
+def _summarise(run: AttackRun, samples: list[Sample], wall_s: float) -> None:
+    counts = Counter(sample.outcome for sample in samples)
+    for outcome in Outcome:
+        setattr(run, outcome.value, counts.get(outcome.value, 0))
+    run.rate_limited = counts.get("rate_limited", 0)
+    run.unavailable = counts.get("unavailable", 0)
+    latencies = sorted(sample.latency_s * 1000 for sample in samples)
+    lock_waits = sorted(s.lock_wait_s * 1000 for s in samples if s.lock_wait_s is not None)
+    run.requests = len(samples)
+    run.tps = len(samples) / wall_s if wall_s > 0 else None
+    run.p50_ms, run.p99_ms = percentile(latencies, 0.50), percentile(latencies, 0.99)
+    run.lock_wait_p99_ms = percentile(lock_waits, 0.99)
+    run.retries = sum(sample.retries for sample in samples)
+
+
+@dataclass
+class _Shared:
+    """Counters shared by every worker thread of every process (fork-inherited)."""
+
+    total: int
+    claimed: multiprocessing.sharedctypes.Synchronized
+    done: multiprocessing.sharedctypes.Synchronized
+    start: threading.Barrier
+
+    def claim(self) -> bool:
+        with self.claimed.get_lock():
+            if self.claimed.value >= self.total:
+                return False
+            self.claimed.value += 1
+            return True
+
+    def finished_one(self) -> None:
+        with self.done.get_lock():
+            self.done.value += 1
+
+
+def _fire(
+    plan: AttackPlan, target: Target, account_id: int, run_id: int, on_progress: ProgressCallback | None
+) -> tuple[list[Sample], float]:
+    context = multiprocessing.get_context("fork")
+    shared = _Shared(
+        total=plan.requests,
+        claimed=context.Value("q", 0),
+        done=context.Value("q", 0),
+        start=context.Barrier(plan.concurrency) if plan.processes > 1 else threading.Barrier(plan.concurrency),
+    )
+    per_process = [len(range(i, plan.concurrency, plan.processes)) for i in range(plan.processes)]
+
+    def fire_one() -> Sample:
+        return target.fire(account_id=account_id, plan=plan, run_id=run_id)
+
+    if plan.processes == 1:
+        outcome: dict = {}
+
+        def run_here() -> None:
+            try:
+                outcome["result"] = _run_workers(per_process[0], shared, fire_one, target)
+            except BaseException as failure:  # noqa: BLE001 - re-raised in the calling thread below
+                outcome["failure"] = failure
+
+        runner = threading.Thread(target=run_here, name="attack-workers")
+        runner.start()
+        _report_progress(shared, plan.requests, on_progress, alive=runner.is_alive)
+        runner.join()
+        if "failure" in outcome:
+            raise outcome["failure"]
+        samples, first_start, last_end = outcome["result"]
+        return samples, last_end - first_start
+
+    # Forked children must not inherit live database connections (shared sockets).
+    connections.close_all()
+    results = context.Queue()
+    children = [
+        context.Process(target=_child, args=(n, shared, fire_one, target, results), name=f"attack-{i}")
+        for i, n in enumerate(per_process)
+    ]
+    for child in children:
+        child.start()
+    _report_progress(shared, plan.requests, on_progress, alive=lambda: any(c.is_alive() for c in children))
+    messages = _collect(results, children)
+    for child in children:
+        child.join()
+    failures = [payload for kind, payload in messages if kind == "failure"]
+    if failures:
+        raise RuntimeError(f"an attack process failed:\n{failures[0]}")
+    samples = [Sample(*row) for _, (rows, _, _) in messages for row in rows]
+    first_start = min(start for _, (_, start, _) in messages)
+    last_end = max(end for _, (_, _, end) in messages)
+    return samples, last_end - first_start
+
+
+def _collect(results, children: list) -> list:
+    """One message per child, read before join(): a child cannot exit until its queue drains."""
+    messages = []
+    while len(messages) < len(children):
+        try:
+            messages.append(results.get(timeout=1))
+        except queue.Empty:
+            if not any(child.is_alive() for child in children):
+                raise RuntimeError("an attack process died without reporting its results") from None
+    return messages
+
+
+def _child(threads: int, shared: _Shared, fire_one: Callable[[], Sample], target: Target, results) -> None:
+    try:
+        samples, first_start, last_end = _run_workers(threads, shared, fire_one, target)
+        results.put(("result", ([tuple(s) for s in samples], first_start, last_end)))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
+        results.put(("failure", traceback.format_exc()))
+
+
+def _run_workers(
+    threads: int, shared: _Shared, fire_one: Callable[[], Sample], target: Target
+) -> tuple[list[Sample], float, float]:
+    """Run `threads` workers in this process; return their samples and the time span."""
+    samples: list[Sample] = []
+    spans: list[tuple[float, float]] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        mine: list[Sample] = []
+        try:
+            shared.start.wait()
+            started = time.perf_counter()
+            while shared.claim():
+                mine.append(fire_one())
+                shared.finished_one()
+            ended = time.perf_counter()
+            with lock:
+                samples.extend(mine)
+                spans.append((started, ended))
+        except BaseException as failure:  # noqa: BLE001 - collected and re-raised after join
+            shared.start.abort()  # never leave the other workers waiting at the barrier
+            with lock:
+                failures.append(failure)
+        finally:
+            target.worker_finished()
+
+    workers = [threading.Thread(target=worker, name=f"attack-worker-{i}") for i in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    if failures:
+        # The first real error, not the BrokenBarrierError it caused in the others.
+        real = [f for f in failures if not isinstance(f, threading.BrokenBarrierError)]
+        raise (real or failures)[0]
+    return samples, min(s for s, _ in spans), max(e for _, e in spans)
+
+
+def _report_progress(shared: _Shared, total: int, on_progress: ProgressCallback | None, alive) -> None:
+    while alive():
+        if on_progress is not None:
+            on_progress(shared.done.value, total)
+        time.sleep(0.1)  # progress display refresh rate, not synchronisation
+    if on_progress is not None:
+        on_progress(shared.done.value, total)

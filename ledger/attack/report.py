@@ -1,0 +1,71 @@
+"""An AttackRun as the JSON report and as the rows of the comparison table."""
+
+from __future__ import annotations
+
+from ledger.models import AttackRun
+
+# Keys of each run in `attack --json` ({"runs": [...]}); the order is the table's order.
+REPORT_KEYS = [
+    "strategy",
+    "requests",
+    "succeeded",
+    "insufficient_funds",
+    "conflict",
+    "lock_timeout",
+    "error",
+    "rate_limited",
+    "unavailable",
+    "tps",
+    "p50_ms",
+    "p99_ms",
+    "retries",
+    "lock_wait_p99_ms",
+    "initial_balance",
+    "expected_balance",
+    "actual_balance",
+    "balance_loss",
+]
+
+# Rows of the terminal table: (label, report key).
+TABLE_ROWS = [
+    ("requests", "requests"),
+    ("succeeded", "succeeded"),
+    ("insufficient", "insufficient_funds"),
+    ("conflict", "conflict"),
+    ("lock_timeout", "lock_timeout"),
+    ("error", "error"),
+    ("rate limited (429)", "rate_limited"),
+    ("unavailable (503)", "unavailable"),
+    ("TPS", "tps"),
+    ("p50 ms", "p50_ms"),
+    ("p99 ms", "p99_ms"),
+    ("retries", "retries"),
+    ("lock-wait p99 ms", "lock_wait_p99_ms"),
+    ("expected balance", "expected_balance"),
+    ("actual balance", "actual_balance"),
+    ("balance loss", "balance_loss"),
+]
+
+
+def run_report(run: AttackRun) -> dict:
+    report = {key: getattr(run, key) for key in REPORT_KEYS}
+    report.update(
+        run_id=run.pk,
+        account_id=run.account_id,
+        target=run.target,
+        parameters=run.parameters,
+        status=run.status,
+        started_at=run.started_at.isoformat(),
+        finished_at=run.finished_at.isoformat() if run.finished_at else None,
+    )
+    return report
+
+
+def format_value(key: str, value: object) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if key == "tps" else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

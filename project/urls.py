@@ -1,0 +1,8 @@
+"""URL configuration: the admin is the main user interface."""
+
+from django.contrib import admin
+from django.urls import path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,1 @@
+"""Deduction strategies: one module each, found by `strategies.registry`."""

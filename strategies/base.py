@@ -1,0 +1,149 @@
+"""The strategy contract: what a deduction strategy is, and the trace it fills in.
+
+A strategy gets a `DeductionTrace` (what to deduct, from which account, plus the
+timeline it must fill in) and either
+
+* moves the money and calls `trace.succeed(...)` *inside the transaction that changes
+  the balance*, so the success record commits or rolls back with the money, or
+* raises a `ledger.errors.DeductionRefused` (insufficient funds, conflict, lock timeout).
+
+The service (`ledger.services.deduct`) records every other outcome afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import ClassVar
+
+from django.db import DatabaseError
+from django.db.models import F
+from django.utils import timezone
+
+from ledger.errors import AccountNotFound
+from ledger.models import Account
+
+
+@dataclass
+class DeductionTrace:
+    """What one deduction attempt did and when; becomes a `DeductionAttempt` row."""
+
+    account_id: int
+    amount: int
+    think_ms: int = 0
+    # Called between read and write after the think delay. Tests pass a barrier's wait()
+    # here to force an exact interleaving instead of hoping a sleep produces one.
+    after_read: Callable[[], None] | None = None
+    # Set by the service: saves the success record in the strategy's open transaction.
+    on_success: Callable[[DeductionTrace], None] | None = None
+
+    started_at: datetime = field(default_factory=timezone.now)
+    _t0: float = field(default_factory=time.perf_counter)
+    balance_before: int | None = None
+    balance_after: int | None = None
+    version_before: int | None = None
+    version_after: int | None = None
+    retries: int = 0
+    lock_wait_s: float | None = None
+    lock_acquired_at: datetime | None = None
+    read_at: datetime | None = None
+    written_at: datetime | None = None
+    lock_expired: bool = False
+    events: list[dict] = field(default_factory=list)
+    succeeded: bool = False
+
+    def now(self) -> datetime:
+        """Wall-clock time derived from one monotonic clock, so marks never go backwards."""
+        return self.started_at + timedelta(seconds=time.perf_counter() - self._t0)
+
+    def elapsed_us(self) -> int:
+        return int((time.perf_counter() - self._t0) * 1_000_000)
+
+    def event(self, name: str, **details: object) -> datetime:
+        self.events.append({"t_us": self.elapsed_us(), "event": name, **details})
+        return self.now()
+
+    def lock_acquired(self, waited_from: float) -> None:
+        """Mark the lock as held; `waited_from` is the perf_counter() taken before waiting."""
+        self.lock_wait_s = time.perf_counter() - waited_from
+        self.lock_acquired_at = self.event("lock_acquired", wait_us=int(self.lock_wait_s * 1_000_000))
+
+    def read(self, balance: int, version: int) -> None:
+        self.balance_before, self.version_before = balance, version
+        self.read_at = self.event("read", balance=balance, version=version)
+
+    def think(self) -> None:
+        """The teaching delay between read and write (and the tests' interleaving hook)."""
+        if self.think_ms:
+            time.sleep(self.think_ms / 1000)
+        if self.after_read is not None:
+            self.after_read()
+
+    def retry(self, reason: str) -> None:
+        self.retries += 1
+        self.event("retry", reason=reason)
+
+    def succeed(self, *, balance_before: int, balance_after: int, version_before: int, version_after: int) -> None:
+        """Mark the write and record the success; call it inside the balance's transaction."""
+        self.balance_before, self.balance_after = balance_before, balance_after
+        self.version_before, self.version_after = version_before, version_after
+        self.written_at = self.event("written", balance=balance_after, version=version_after)
+        self.succeeded = True
+        if self.on_success is not None:
+            self.on_success(self)
+
+
+class Strategy:
+    """A way to deduct money from a balance under concurrency.
+
+    Subclasses set `name` (kebab-case, the public identifier), `safe_across_processes`,
+    write a one-paragraph docstring (technique, cost, how it fails: the UI and README
+    show it) and implement `deduct`.
+    """
+
+    name: ClassVar[str]
+    safe_across_processes: ClassVar[bool]
+
+    def deduct(self, trace: DeductionTrace) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def description(cls) -> str:
+        return " ".join((cls.__doc__ or "").split())
+
+
+def read_balance(account_id: int, *, for_update: bool = False) -> tuple[int, int]:
+    """(balance, version) of an account; `for_update` locks the row until the transaction ends."""
+    rows = Account.objects.filter(pk=account_id)
+    if for_update:
+        rows = rows.select_for_update()
+    try:
+        return rows.values_list("balance", "version").get()
+    except Account.DoesNotExist:
+        raise AccountNotFound(account_id) from None
+
+
+def write_balance(account_id: int, *, balance: int, version: int, expected_version: int | None = None) -> bool:
+    """Write a computed balance and version; with `expected_version`, only if it still matches."""
+    rows = Account.objects.filter(pk=account_id)
+    if expected_version is not None:
+        rows = rows.filter(version=expected_version)
+    return rows.update(balance=balance, version=version, updated_at=timezone.now()) == 1
+
+
+def deduct_in_place(account_id: int, amount: int) -> bool:
+    """`balance = balance - amount WHERE balance >= amount`: one statement, no prior read."""
+    return (
+        Account.objects.filter(pk=account_id, balance__gte=amount).update(
+            balance=F("balance") - amount, version=F("version") + 1, updated_at=timezone.now()
+        )
+        == 1
+    )
+
+
+def is_lock_timeout(error: DatabaseError) -> bool:
+    """MySQL's lock wait timeout (1205) or SQLite's busy timeout ('database is locked')."""
+    code = error.args[0] if error.args else None
+    return code == 1205 or (isinstance(code, str) and "database is locked" in code)

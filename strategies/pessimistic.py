@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import time
+
+from django.db import transaction
+
+from ledger.errors import InsufficientFunds
+from strategies.base import DeductionTrace, Strategy, read_balance, write_balance
+from strategies.registry import register
+
+
+@register
+class Pessimistic(Strategy):
+    """Opens a transaction and reads the account with SELECT ... FOR UPDATE, which locks
+    the row until commit; concurrent deductions of the same account queue on that lock
+    in the database, so it is correct across any number of processes and instances. The
+    cost is the queue: throughput on one hot account is one transaction at a time, and a
+    slow holder (or think time) makes everyone wait, up to the database's lock wait
+    timeout (recorded as lock_timeout). On SQLite the whole database is the lock
+    (BEGIN IMMEDIATE)."""
+
+    name = "pessimistic"
+    safe_across_processes = True
+
+    def deduct(self, trace: DeductionTrace) -> None:
+        waited_from = time.perf_counter()
+        with transaction.atomic():
+            balance, version = read_balance(trace.account_id, for_update=True)
+            trace.lock_acquired(waited_from)
+            trace.read(balance, version)
+            if balance < trace.amount:
+                raise InsufficientFunds(balance=balance, amount=trace.amount)
+            trace.think()
+            after = balance - trace.amount
+            write_balance(trace.account_id, balance=after, version=version + 1)
+            trace.succeed(
+                balance_before=balance, balance_after=after, version_before=version, version_after=version + 1
+            )

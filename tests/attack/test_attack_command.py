@@ -1,0 +1,97 @@
+"""`manage.py attack`: the report, the table and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from io import StringIO
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+
+from ledger.attack.report import REPORT_KEYS
+from strategies import registry
+
+REQUIRED_KEYS = {
+    "strategy", "requests", "succeeded", "insufficient_funds", "conflict", "lock_timeout", "error", "tps",
+    "p50_ms", "p99_ms", "initial_balance", "expected_balance", "actual_balance", "balance_loss",
+}  # fmt: skip
+
+
+def attack_json(*args: str) -> list[dict]:
+    out = StringIO()
+    call_command("attack", *args, "--json", stdout=out)
+    return json.loads(out.getvalue())["runs"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_json_report_has_the_documented_keys_and_consistent_values():
+    [run] = attack_json("--mode", "atomic", "--requests", "40", "--concurrency", "4", "--balance", "1000")
+    assert set(run) >= REQUIRED_KEYS | set(REPORT_KEYS)
+    assert run["strategy"] == "atomic"
+    assert run["requests"] == 40
+    assert (run["succeeded"], run["insufficient_funds"]) == (10, 30)
+    assert run["initial_balance"] - 100 * run["succeeded"] == run["expected_balance"] == run["actual_balance"]
+    assert run["balance_loss"] == 0
+    assert isinstance(run["tps"], float) and run["p50_ms"] <= run["p99_ms"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_default_attack_shows_loss_for_no_lock_and_none_for_the_others():
+    """The product's headline: `attack --mode all` with no other flags."""
+    runs = {run["strategy"]: run for run in attack_json()}
+    assert list(runs) == registry.names()
+    assert runs["no-lock"]["balance_loss"] != 0
+    for name, run in runs.items():
+        if name != "no-lock":
+            assert run["balance_loss"] == 0, name
+        assert run["requests"] == 400
+
+
+@pytest.mark.django_db(transaction=True)
+def test_mutex_across_processes_loses_in_the_attack_report():
+    [run] = attack_json("--mode", "mutex", "--processes", "2", "--concurrency", "8", "--think-ms", "2")
+    assert run["balance_loss"] != 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_table_shows_every_strategy_and_the_loss_row():
+    out = StringIO()
+    call_command("attack", "--mode", "pessimistic", "--requests", "20", "--concurrency", "2", stdout=out)
+    table = out.getvalue()
+    assert "pessimistic" in table and "balance loss" in table and "TPS" in table
+
+
+def run_manage(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "yolo"], "--mode: unknown strategy 'yolo'; valid names: mutex, no-lock"),
+        (["--amount", "0"], "--amount: must be greater than zero"),
+        (["--amount", "-5"], "--amount: must be greater than zero"),
+        (["--amount", "1.5"], "invalid int value: '1.5'"),
+        (["--requests", "many"], "invalid int value: 'many'"),
+        (["--processes", "8", "--concurrency", "2"], "--processes: must be an integer from 1 to 2"),
+        (["--mode", "all", "--account", "1"], "--account: cannot be combined with --mode all"),
+    ],
+)
+def test_bad_input_gives_one_readable_line_and_a_non_zero_exit(args, message):
+    result = run_manage("attack", *args)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]

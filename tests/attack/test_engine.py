@@ -1,0 +1,78 @@
+"""The attack engine, without the command around it."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger.attack.engine import AttackPlan, percentile, run_attack
+from ledger.errors import InvalidRequest, UnknownStrategy
+from ledger.models import AttackRun, DeductionAttempt, Outcome
+
+
+@pytest.mark.django_db(transaction=True)
+def test_threads_attack_records_every_attempt_and_measures_the_run():
+    plan = AttackPlan(strategy="pessimistic", requests=60, concurrency=6, amount=100, balance=5_000)
+    progress: list[tuple[int, int]] = []
+    run = run_attack(plan, on_progress=lambda done, total: progress.append((done, total)))
+    assert run.status == AttackRun.Status.FINISHED
+    assert (run.requests, run.succeeded, run.insufficient_funds) == (60, 50, 10)
+    assert (run.initial_balance, run.expected_balance, run.actual_balance, run.balance_loss) == (5_000, 0, 0, 0)
+    assert run.tps > 0 and 0 < run.p50_ms <= run.p99_ms
+    assert run.lock_wait_p99_ms is not None
+    assert DeductionAttempt.objects.filter(attack_run=run).count() == 60
+    assert progress[-1] == (60, 60)
+    assert run.parameters["concurrency"] == 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_processes_attack_is_served_by_several_instances_and_stays_correct():
+    plan = AttackPlan(strategy="atomic", requests=80, concurrency=4, processes=2, amount=10, balance=100_000)
+    run = run_attack(plan)
+    assert run.succeeded == 80 and run.balance_loss == 0
+    instances = set(DeductionAttempt.objects.filter(attack_run=run).values_list("instance_id", flat=True))
+    assert len(instances) == 2  # one per forked process: hostname:pid
+
+
+@pytest.mark.django_db(transaction=True)
+def test_existing_account_attack_measures_from_its_current_balance(make_account):
+    account = make_account(balance=1_000)
+    run = run_attack(AttackPlan(strategy="optimistic", requests=5, concurrency=1, amount=10, account_id=account.pk))
+    assert run.account_id == account.pk
+    assert (run.initial_balance, run.actual_balance, run.balance_loss) == (1_000, 950, 0)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"requests": 0}, "requests"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": 2, "processes": 3}, "processes"),
+        ({"amount": -1}, "amount"),
+        ({"balance": -1}, "balance"),
+        ({"think_ms": 5_000}, "think_ms"),
+    ],
+)
+def test_bad_plans_are_refused_before_anything_runs(changes, field):
+    with pytest.raises(InvalidRequest) as refused:
+        run_attack(AttackPlan(strategy="atomic", **changes))
+    assert refused.value.field == field
+    assert not AttackRun.objects.exists()
+
+
+@pytest.mark.django_db
+def test_unknown_strategy_is_refused_before_anything_runs():
+    with pytest.raises(UnknownStrategy):
+        run_attack(AttackPlan(strategy="nope"))
+    assert not AttackRun.objects.exists()
+
+
+def test_percentile_is_nearest_rank():
+    values = list(range(1, 101))
+    assert (percentile(values, 0.5), percentile(values, 0.99), percentile(values, 1.0)) == (50, 99, 100)
+    assert percentile([], 0.5) is None
+    assert percentile([7], 0.99) == 7
+
+
+def test_outcome_counts_cover_every_outcome():
+    assert {o.value for o in Outcome} <= {f.name for f in AttackRun._meta.get_fields()}

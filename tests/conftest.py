@@ -1,0 +1,44 @@
+"""Shared fixtures. Tests run against real servers: the configured database and Redis."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from django.test import override_settings
+
+from ledger import services
+from ledger.models import Account
+
+
+def redis_test_url(url: str, db: int) -> str:
+    """The same Redis server, another database index, so tests never touch real keys."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}?{urlencode(dict(parse_qsl(parts.query), db=str(db)))}"
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_redis():
+    """Point every cache alias at TEST_REDIS_DB (default 9) and start it empty."""
+    db = int(os.environ.get("TEST_REDIS_DB", "9"))
+    caches = {alias: {**config} for alias, config in settings.CACHES.items()}
+    for config in caches.values():
+        config["LOCATION"] = redis_test_url(config["LOCATION"], db)
+    with override_settings(CACHES=caches, REDIS_URL=redis_test_url(settings.REDIS_URL, db)):
+        cache.clear()
+        yield
+
+
+@pytest.fixture
+def make_account(db):
+    def make(balance: int = 10_000, name: str | None = None) -> Account:
+        make.count += 1
+        return services.open_account(name=name or f"test-account-{make.count}", balance=balance)
+
+    make.count = 0
+    return make
