@@ -26,7 +26,8 @@ REPORT_KEYS = [
     "balance_loss",
 ]
 
-# Rows of the terminal table: (label, report key).
+# Rows of the terminal table: (label, report key). HTTP_ONLY rows are shown for HTTP runs.
+HTTP_ONLY = {"rate_limited", "unavailable"}
 TABLE_ROWS = [
     ("requests", "requests"),
     ("succeeded", "succeeded"),
@@ -59,6 +60,11 @@ def run_report(run: AttackRun) -> dict:
         finished_at=run.finished_at.isoformat() if run.finished_at else None,
     )
     return report
+
+
+def table_rows(reports: list[dict]) -> list[tuple[str, str]]:
+    over_http = any(report["target"] != AttackRun.IN_PROCESS for report in reports)
+    return [(label, key) for label, key in TABLE_ROWS if over_http or key not in HTTP_ONLY]
 
 
 def format_value(key: str, value: object) -> str:

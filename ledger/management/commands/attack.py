@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ledger.attack.engine import AttackPlan, run_attack
-from ledger.attack.report import TABLE_ROWS, format_value, run_report
+from ledger.attack.report import format_value, run_report, table_rows
 from ledger.errors import InvalidRequest
 from ledger.management.cli import LedgerCommand
 from strategies import registry
@@ -75,18 +75,18 @@ class Command(LedgerCommand):
         self.render(reports, plans[0])
 
     def render(self, reports: list[dict], plan: AttackPlan) -> None:
-        console = Console(file=self.stdout._out, width=max(100, 24 + 14 * len(reports)))
+        console = Console(file=self.stdout._out, width=max(110, 24 + 14 * len(reports)))
         table = Table(
             title=(
                 f"{plan.requests} deductions of {plan.amount} · concurrency {plan.concurrency}"
                 f" · {plan.processes} process(es) · think {plan.think_ms} ms"
             ),
-            caption="balance loss = expected − actual balance; anything but 0 means the ledger lost track of money",
+            caption="balance loss = expected − actual: non-zero is money the ledger lost track of",
         )
         table.add_column("")
         for report in reports:
             table.add_column(report["strategy"], justify="right")
-        for label, key in TABLE_ROWS:
+        for label, key in table_rows(reports):
             cells = [format_value(key, report[key]) for report in reports]
             if key == "balance_loss":
                 cells = [
