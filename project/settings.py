@@ -57,7 +57,7 @@ DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 # Which app instance served a request or ran an attempt. Unset: hostname:pid, resolved per
-# process by ledger.instance.instance_id() (forked attack processes each get their own).
+# process by ledger.services.current_instance_id() (forked attack processes each get their own).
 INSTANCE_ID = os.environ.get("INSTANCE_ID", "")
 
 INSTALLED_APPS = [
@@ -71,6 +71,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "ledger.middleware.RequestIdentityMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -149,7 +150,6 @@ CACHES = {
     }
 }
 
-# --- The ledger -------------------------------------------------------------------------
 # Strategy used when a caller does not name one (API default, admin form default).
 LEDGER_DEFAULT_STRATEGY = os.environ.get("LEDGER_DEFAULT_STRATEGY", "atomic")
 # Largest single deduction, in minor units (cents): 1,000,000.00.
@@ -164,7 +164,7 @@ LEDGER_LOCK_WAIT_S = env_float("LEDGER_LOCK_WAIT_S", 5.0)
 # redis-py polls a held lock; its 0.1 s default collapses throughput under contention.
 LEDGER_REDIS_LOCK_POLL_S = env_float("LEDGER_REDIS_LOCK_POLL_S", 0.002)
 
-# --- Security: production values come from the environment (see README) -----------------
+# Security: production values come from the environment (see README).
 HTTPS = env_bool("HTTPS", False)
 SECURE_SSL_REDIRECT = HTTPS
 SESSION_COOKIE_SECURE = HTTPS
