@@ -161,8 +161,10 @@ LEDGER_OPTIMISTIC_BACKOFF_MAX_MS = env_int("LEDGER_OPTIMISTIC_BACKOFF_MAX_MS", 1
 LEDGER_REDIS_LOCK_TTL_S = env_float("LEDGER_REDIS_LOCK_TTL_S", 10.0)
 # How long mutex and redis-lock wait for their lock before recording lock_timeout.
 LEDGER_LOCK_WAIT_S = env_float("LEDGER_LOCK_WAIT_S", 5.0)
-# redis-py polls a held lock; its 0.1 s default collapses throughput under contention.
-LEDGER_REDIS_LOCK_POLL_S = env_float("LEDGER_REDIS_LOCK_POLL_S", 0.002)
+# Waiters for a Redis lock are woken by its release (strategies/redis_lock.py); this is the
+# longest one waits before trying again without a wake-up (e.g. after a holder crashed).
+# Keep it below REDIS_SOCKET_TIMEOUT_S: the wait is a blocking Redis command.
+LEDGER_REDIS_LOCK_RETRY_S = env_float("LEDGER_REDIS_LOCK_RETRY_S", 0.05)
 
 # Security: production values come from the environment (see README).
 HTTPS = env_bool("HTTPS", False)
