@@ -110,3 +110,42 @@ def test_pessimistic_records_lock_timeout_when_the_row_stays_locked(make_account
         holder.join(30)
     assert attempt.outcome == Outcome.LOCK_TIMEOUT
     assert "1205" in attempt.error
+
+
+def make_wakeup_lock(name: str, *, retry_s: float) -> redis_lock.WakeUpLock:
+    return redis_lock.WakeUpLock(
+        get_redis_connection(), cache.make_key(name), timeout=10, sleep=retry_s, blocking_timeout=30
+    )
+
+
+def test_wakeup_lock_release_wakes_a_waiter_without_waiting_for_its_retry():
+    holder = make_wakeup_lock("test:wakeup", retry_s=30)
+    assert holder.acquire()
+    waiting, acquired = threading.Event(), threading.Event()
+
+    def wait_for_lock() -> None:
+        waiter = make_wakeup_lock("test:wakeup", retry_s=30)
+        waiting.set()
+        assert waiter.acquire()
+        acquired.set()
+        waiter.release()
+
+    thread = threading.Thread(target=wait_for_lock)
+    thread.start()
+    assert waiting.wait(5)
+    assert not acquired.is_set()
+    holder.release()
+    # With a 30 s retry, only the release's wake-up can let the waiter in within this bound.
+    assert acquired.wait(10), "the waiter was not woken by the release"
+    thread.join(10)
+
+
+def test_wakeup_lock_refuses_to_release_a_lock_it_no_longer_owns():
+    from redis.exceptions import LockNotOwnedError
+
+    lock = make_wakeup_lock("test:expired", retry_s=0.05)
+    assert lock.acquire()
+    get_redis_connection().delete(lock.name)  # as if the TTL ran out
+    with pytest.raises(LockNotOwnedError):
+        lock.release()
+    assert not get_redis_connection().exists(lock.wake_key)  # nobody is woken for a lock it did not hold
