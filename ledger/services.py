@@ -15,6 +15,7 @@ from django.db.models.functions import Coalesce
 
 from ledger.errors import AccountNotFound, DeductionRefused, InvalidRequest
 from ledger.models import Account, BalanceAdjustment, DeductionAttempt, Outcome
+from ledger.recording import insert_attempt
 from strategies import registry
 from strategies.base import DeductionTrace, is_lock_timeout, read_balance, write_balance
 
@@ -108,7 +109,7 @@ def deduct(
 
     def record_success(trace: DeductionTrace) -> None:
         attempt = attempt_from(trace, Outcome.SUCCEEDED)
-        attempt.save(force_insert=True)
+        insert_attempt(attempt)
         recorded.append(attempt)
 
     trace = DeductionTrace(account_id=account_id, amount=amount, think_ms=think_ms, after_read=after_read)
@@ -131,7 +132,7 @@ def deduct(
         return _annotate_after_success(recorded[0], trace, error)
     trace.event("outcome", outcome=outcome.value, error=error)
     attempt = attempt_from(trace, outcome, error)
-    attempt.save(force_insert=True)
+    insert_attempt(attempt)
     return attempt
 
 
