@@ -4,33 +4,17 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import time
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connections
-from django_ratelimit.core import _get_window, _split_rate
 
 from ledger.api.tokens import ensure_token
 from ledger.models import DeductionAttempt
-from tests.api.conftest import token_client
+from tests.api.conftest import token_client, user_with_a_long_window
 
 
 def deduct(client, account_id: int):
     return client.post(f"/api/accounts/{account_id}/deductions/", {"amount": 1}, format="json")
-
-
-def user_with_a_long_window(rate: str, margin_s: int = 60) -> str:
-    """A user whose fixed window (django-ratelimit staggers them per key) will not roll over
-    while the test runs: the counts the test asserts then all belong to one window."""
-    _, period = _split_rate(rate)
-    for n in range(100):
-        username = f"limited-{n}"
-        ensure_token(username=username)
-        user_id = get_user_model().objects.get(username=username).pk
-        if _get_window(str(user_id), period) - time.time() >= margin_s:
-            return username
-    raise AssertionError("no user with enough time left in its window")
 
 
 def test_over_the_limit_is_429_with_retry_after_and_writes_nothing(make_account, settings, caplog):
