@@ -256,3 +256,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
 }
+
+# HTTP API (issue 3): 4xx answers (refused deductions, 429s) are results, not warnings; 5xx stay logged.
+LOGGING["loggers"] = {"django.request": {"level": os.environ.get("REQUEST_LOG_LEVEL", "ERROR")}}

@@ -13,7 +13,7 @@ router.register("attempts", views.AttemptViewSet, basename="attempt")
 router.register("runs", views.RunViewSet, basename="run")
 
 urlpatterns = [
-    path("accounts/<int:account_id>/deductions/", views.DeductionView.as_view(), name="deductions"),
+    path("accounts/<int:pk>/deductions/", views.DeductionView.as_view(), name="deductions"),
     path("strategies/", views.StrategyListView.as_view(), name="strategies"),
     *router.urls,
 ]

@@ -121,14 +121,14 @@ class DeductionView(APIView):
             ),
         ],
     )
-    def post(self, request, account_id: int) -> Response:
+    def post(self, request, pk: int) -> Response:
         body = DeductionRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         key = request.headers.get("Idempotency-Key")
         scoped = None if key is None else scoped_key(owner=f"user-{request.user.pk}", key=key)
         with database_breaker().guard():
             attempt, replayed = deduct_once(
-                account_id=account_id, **body.validated_data, request_id=request.request_id, idempotency_key=scoped
+                account_id=pk, **body.validated_data, request_id=request.request_id, idempotency_key=scoped
             )
         headers = {"Location": reverse("api:attempt-detail", args=[attempt.pk])}
         if replayed:

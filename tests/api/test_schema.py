@@ -14,7 +14,7 @@ def test_schema_validates_without_warnings():
     out = StringIO()
     call_command("spectacular", "--validate", "--fail-on-warn", stdout=out)
     schema = yaml.safe_load(out.getvalue())
-    deduct = schema["paths"]["/api/accounts/{account_id}/deductions/"]["post"]
+    deduct = schema["paths"]["/api/accounts/{id}/deductions/"]["post"]
     assert {"201", "400", "402", "409", "415", "422", "423", "429", "500", "503"} <= set(deduct["responses"])
     assert "Idempotency-Key" in {p["name"] for p in deduct["parameters"]}
     assert {"/api/accounts/", "/api/accounts/{id}/balance/", "/api/attempts/", "/api/runs/{id}/"} <= set(
