@@ -14,7 +14,8 @@ What pybreaker gives and what is added here:
   HINCRBY, shared by all processes) and opens the breaker when the ratio is reached.
 - pybreaker lets every half-open request through and does not coordinate trials across
   processes: trial permits are an atomic Redis counter per opening, so exactly
-  BREAKER_HALF_OPEN_TRIALS requests test the database, the rest get 503 at once.
+  BREAKER_HALF_OPEN_TRIALS requests test the database, the rest get 503 at once; their
+  successes are counted per opening as well (see _RedisStorage).
 - pybreaker's `call` holds a process-wide lock for the whole call (it would serialise every
   deduction of a worker): `call` is overridden without it; the state lives in Redis anyway.
 Only an outage counts as a failure (see `is_outage`): business outcomes, validation errors,
@@ -78,7 +79,18 @@ class CircuitOpen(exceptions.APIException):
 
 
 class _RedisStorage(CircuitRedisStorage):
-    """pybreaker's shared state without its consecutive-failure counter (see the module doc)."""
+    """pybreaker's shared state, minus its consecutive-failure counter (see the module doc),
+    with the half-open success count kept per opening, like the trial permits: pybreaker
+    resets that count in every process that *notices* a new state, which would erase the
+    successes of trials that other processes already ran."""
+
+    def __init__(self, *args, ttl_s: int, **kwargs) -> None:
+        self.ttl_s = ttl_s
+        super().__init__(*args, **kwargs)
+
+    def opening_key(self, name: str) -> str:
+        opened_at = self.opened_at
+        return self._namespace(f"{name}:{int(opened_at.timestamp()) if opened_at else 0}")
 
     def _initialize_redis_state(self, state: str) -> None:
         # Redis down at start-up must not stop the API: the state then reads as closed.
@@ -96,6 +108,26 @@ class _RedisStorage(CircuitRedisStorage):
     @property
     def counter(self) -> int:
         return 0
+
+    def increment_success_counter(self) -> None:
+        try:
+            pipe = self._redis.pipeline()
+            pipe.incr(self.opening_key("successes"))
+            pipe.expire(self.opening_key("successes"), self.ttl_s)
+            pipe.execute()
+        except RedisError as failure:
+            logger.warning("circuit breaker success not counted: %s", failure)
+
+    def reset_success_counter(self) -> None:
+        pass  # a new opening starts a new count
+
+    @property
+    def success_counter(self) -> int:
+        try:
+            return int(self._redis.get(self.opening_key("successes")) or 0)
+        except RedisError as failure:
+            logger.warning("circuit breaker successes not read: %s", failure)
+            return 0
 
 
 class _FailureWindow(CircuitBreakerListener):
@@ -135,8 +167,8 @@ class _FailureWindow(CircuitBreakerListener):
 
 
 class _SharedBreaker(CircuitBreaker):
-    def __init__(self, *, redis: Redis, namespace: str, trials: int, **kwargs) -> None:
-        self.redis, self.namespace, self.trials = redis, namespace, trials
+    def __init__(self, *, redis: Redis, trials: int, **kwargs) -> None:
+        self.redis, self.trials = redis, trials
         super().__init__(**kwargs)
 
     def call(self, func, *args, **kwargs):
@@ -146,8 +178,7 @@ class _SharedBreaker(CircuitBreaker):
         return state.call(func, *args, **kwargs)
 
     def _trial_permitted(self) -> bool:
-        opened_at = self._state_storage.opened_at
-        key = f"{self.namespace}:trials:{int(opened_at.timestamp()) if opened_at else 0}"
+        key = self._state_storage.opening_key("trials")
         try:
             pipe = self.redis.pipeline()
             pipe.incr(key)
@@ -193,13 +224,12 @@ class DatabaseBreaker:
         self.window = _FailureWindow(redis, namespace, window_s=window_s, min_calls=min_calls, ratio=failure_ratio)
         self._breaker = _SharedBreaker(
             redis=redis,
-            namespace=namespace,
             trials=trials,
             reset_timeout=reset_timeout_s,
             success_threshold=trials,
             exclude=[lambda error: not is_outage(error)],
             listeners=[self.window],
-            state_storage=_RedisStorage(STATE_CLOSED, redis, namespace=namespace),
+            state_storage=_RedisStorage(STATE_CLOSED, redis, namespace=namespace, ttl_s=2 * reset_timeout_s + 60),
             name="database",
             # The request that trips the breaker reports its own database error.
             throw_new_error_on_trip=False,

@@ -164,6 +164,22 @@ def test_half_open_lets_exactly_three_trials_through_then_closes():
     assert breaker.state == "closed"
 
 
+def test_trials_run_by_several_processes_all_count():
+    """A process that notices half-open late (pybreaker then 'resets' the success count in
+    it) must not erase the successes of trials another process already ran."""
+    one = database_breaker()
+    database_breaker.cache_clear()
+    other = database_breaker()  # another process's breaker: it last saw the state closed
+    for _ in range(3):
+        call(one, outage())
+    age_the_opening(60)
+    call(one)  # trial 1, in the process that opened it
+    assert one.state == "half-open"
+    call(other)  # trials 2 and 3, in a process that only now notices the state
+    call(other)
+    assert one.state == other.state == "closed"
+
+
 def _state_seen_by_another_process(results) -> None:
     database_breaker.cache_clear()  # this process builds its own breaker
     results.put(database_breaker().state)
