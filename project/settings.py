@@ -258,4 +258,4 @@ LOGGING = {
 }
 
 # HTTP API (issue 3): 4xx answers (refused deductions, 429s) are results, not warnings; 5xx stay logged.
-LOGGING["loggers"] = {"django.request": {"level": os.environ.get("REQUEST_LOG_LEVEL", "ERROR")}}
+LOGGING.setdefault("loggers", {})["django.request"] = {"level": os.environ.get("REQUEST_LOG_LEVEL", "ERROR")}

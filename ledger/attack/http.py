@@ -88,7 +88,9 @@ class HttpTarget:
         if answer.status in TRANSPORT_OUTCOMES:
             return Sample(TRANSPORT_OUTCOMES[answer.status], answer.latency_s, 0, None)
         if "outcome" not in answer.body:
-            raise self._refused(answer, "POST deductions")
+            if answer.status >= 500:  # a failing server or proxy (502, 504...): part of the measurement
+                return Sample(Outcome.ERROR.value, answer.latency_s, 0, None)
+            raise self._refused(answer, "POST deductions")  # a client mistake: stop, say which
         lock_wait_ms = answer.body.get("lock_wait_ms")
         return Sample(
             answer.body["outcome"],

@@ -198,3 +198,30 @@ def test_each_worker_keeps_one_connection_alive(live_server, make_account):
         assert target._local.connection.sock is socket
     target.worker_finished()
     assert Account.objects.get(pk=account.pk).balance == 400
+
+
+class _GatewayErrorsThenBadRequest(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    answers = [(502, b"<html>Bad Gateway</html>"), (400, b'{"error": "invalid", "detail": "amount: no"}')]
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status, body = type(self).answers.pop(0)
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_server_failures_are_counted_but_client_mistakes_stop_the_attack(stub_server):
+    from ledger.errors import InvalidRequest
+
+    target = HttpTarget(stub_server(_GatewayErrorsThenBadRequest), token="t")
+    plan = AttackPlan(strategy="atomic")
+    assert target.fire(account_id=1, plan=plan, run_id=1).outcome == "error"
+    with pytest.raises(InvalidRequest, match="answered POST deductions with 400: amount: no"):
+        target.fire(account_id=1, plan=plan, run_id=1)
+    target.worker_finished()
