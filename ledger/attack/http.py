@@ -46,12 +46,14 @@ class HttpTarget:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidRequest("url", f"must be an http:// or https:// URL, not {url!r}")
+        if parts.username or parts.password:
+            raise InvalidRequest("url", "must not contain credentials (use --token)")
         if len(url) > AttackRun._meta.get_field("target").max_length:
             raise InvalidRequest("url", "is too long")
         self.label = url
         self.shares_database = shares_database
         self._connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        self._netloc = parts.netloc.rsplit("@", 1)[-1]
+        self._netloc = parts.netloc
         self._base = parts.path.rstrip("/")
         self._headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
         self._timeout_s = timeout_s

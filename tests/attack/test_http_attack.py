@@ -148,6 +148,7 @@ def test_without_a_token_a_server_on_another_database_is_refused_clearly(stub_se
     [
         (["--url", "http://127.0.0.1:1"], "--url: cannot reach http://127.0.0.1:1"),
         (["--url", "ftp://example"], "--url: must be an http:// or https:// URL"),
+        (["--url", "http://me:secret@127.0.0.1:1"], "--url: must not contain credentials"),
         (["--token", "abc"], "--token: only applies with --url"),
     ],
 )
