@@ -40,7 +40,7 @@ def test_insert_attempt_round_trips_every_field_like_save(make_account):
             lock_expired=True,
             instance_id="app-1",
             request_id=request_id,
-            idempotency_key="key-ü",
+            idempotency_key=f"key-ü-{request_id}",
             attack_run_id=None,
             error="version changed under every one of 4 tries",
         )
@@ -53,6 +53,7 @@ def test_insert_attempt_round_trips_every_field_like_save(make_account):
     stored_fast = model_to_dict(DeductionAttempt.objects.get(pk=fast.pk))
     stored_orm = model_to_dict(DeductionAttempt.objects.get(pk=orm.pk))
     for stored in (stored_fast, stored_orm):
-        stored.pop("id"), stored.pop("request_id")
+        stored.pop("id"), stored.pop("request_id"), stored.pop("idempotency_key")
     assert stored_fast == stored_orm
     assert stored_fast["read_at"] == started + timedelta(microseconds=17)  # microseconds kept
+    assert DeductionAttempt.objects.get(pk=fast.pk).idempotency_key == "key-ü-fast-path-0001"
