@@ -50,3 +50,7 @@ class OptimisticConflict(DeductionRefused):
 
 class LockTimeout(DeductionRefused):
     outcome = Outcome.LOCK_TIMEOUT
+
+
+class ClusterError(LedgerError):
+    """`manage.py cluster` could not start, inspect or stop the local multi-instance deployment."""
