@@ -52,5 +52,23 @@ class LockTimeout(DeductionRefused):
     outcome = Outcome.LOCK_TIMEOUT
 
 
+class IdempotencyKeyReused(LedgerError):
+    """An idempotency key already recorded for a deduction with a different request."""
+
+    def __init__(self, key: str, differences: dict[str, tuple[object, object]]) -> None:
+        changed = ", ".join(f"{name} {was!r} → {now!r}" for name, (was, now) in differences.items())
+        super().__init__(f"idempotency key {key!r} was already used for a different deduction ({changed})")
+        self.key = key
+        self.differences = differences
+
+
+class RequestIdReused(LedgerError):
+    """A request id that already names a recorded deduction attempt (request ids are unique)."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request id {request_id!r} already names a recorded deduction; send a new one per deduction")
+        self.request_id = request_id
+
+
 class ClusterError(LedgerError):
     """`manage.py cluster` could not start, inspect or stop the local multi-instance deployment."""

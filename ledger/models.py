@@ -114,7 +114,9 @@ class DeductionAttempt(models.Model):
     instance_id = models.CharField(max_length=128)
     request_id = models.CharField(max_length=64, unique=True)
     # NULL, not "": many attempts have no key, and a key must stay unique where given.
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    # UNIQUE is what makes an idempotent deduction happen once (see ledger/idempotency.py):
+    # the success record commits with the balance change, so a duplicate rolls both back.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
     attack_run = models.ForeignKey(
         AttackRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="deduction_attempts",
         db_constraint=False,
@@ -128,7 +130,6 @@ class DeductionAttempt(models.Model):
             models.Index(fields=["attack_run", "outcome"], name="attempt_run_outcome"),
             models.Index(fields=["strategy", "outcome"], name="attempt_strategy_outcome"),
             models.Index(fields=["started_at"], name="attempt_started_at"),
-            models.Index(fields=["idempotency_key"], name="attempt_idempotency_key"),
         ]
 
     def __str__(self) -> str:

@@ -67,6 +67,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "ledger",
 ]
 
@@ -194,6 +198,56 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+
+# --- HTTP API (issue 3): DRF, OpenAPI, rate limiting, circuit breaker -------------------------
+REST_FRAMEWORK = {
+    # Token first: an unauthenticated API request gets 401 + WWW-Authenticate: Token (with
+    # session auth first DRF would answer 403). Sessions serve the browsable API and the admin.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["ledger.api.throttling.RateLimitThrottle"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "ledger.api.pagination.NewestFirstPagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "ledger.api.exceptions.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Zero Balance Loss API",
+    "DESCRIPTION": "Deduct money from balances with a chosen concurrency strategy; every attempt is recorded.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # UI assets from the drf-spectacular-sidecar package (static files), never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# Rate limits (django-ratelimit fixed windows in Redis, shared by every instance): "COUNT/PERIOD"
+# with PERIOD s, m, h, d or e.g. 2s; empty disables. Writes are deductions and account creation.
+RATE_LIMIT_WRITES = os.environ.get("RATE_LIMIT_WRITES", "1000/s")
+RATE_LIMIT_READS = os.environ.get("RATE_LIMIT_READS", "5000/s")
+# Whose requests share a counter: any django-ratelimit key ("user_or_ip", "ip", "user", ...).
+RATE_LIMIT_KEY = os.environ.get("RATE_LIMIT_KEY", "user_or_ip")
+# Behind nginx REMOTE_ADDR is nginx itself: name the META key nginx fills (e.g. HTTP_X_REAL_IP).
+RATELIMIT_IP_META_KEY = os.environ.get("RATELIMIT_IP_META_KEY") or None
+# Redis down: let requests through rather than refusing all of them (see README, HTTP API).
+RATELIMIT_FAIL_OPEN = env_bool("RATELIMIT_FAIL_OPEN", True)
+
+# Circuit breaker around the deduction path's database work (state shared through Redis).
+BREAKER_MIN_CALLS = env_int("BREAKER_MIN_CALLS", 3)
+BREAKER_FAILURE_RATIO = env_float("BREAKER_FAILURE_RATIO", 0.6)
+BREAKER_WINDOW_S = env_int("BREAKER_WINDOW_S", 10)
+BREAKER_RESET_TIMEOUT_S = env_int("BREAKER_RESET_TIMEOUT_S", 60)
+BREAKER_HALF_OPEN_TRIALS = env_int("BREAKER_HALF_OPEN_TRIALS", 3)
+# -------------------------------------------------------------------------------------------
 
 LOGGING = {
     "version": 1,

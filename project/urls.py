@@ -1,11 +1,16 @@
 """URL configuration: the admin is the main user interface."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from ledger import views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", views.health, name="health"),
+    # HTTP API (issue 3): the API, its OpenAPI schema and the interactive docs (public).
+    path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
+    path("api/", include("ledger.api.urls")),
 ]

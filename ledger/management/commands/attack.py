@@ -8,10 +8,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ledger.attack import http
 from ledger.attack.engine import AttackPlan, run_attack
 from ledger.attack.report import format_value, run_report, table_rows
 from ledger.errors import InvalidRequest
 from ledger.management.cli import LedgerCommand
+from ledger.models import AttackRun
 from strategies import registry
 
 
@@ -32,9 +34,19 @@ class Command(LedgerCommand):
         parser.add_argument("--think-ms", type=int, default=defaults.think_ms, help="Delay between read and write.")
         parser.add_argument("--account", type=int, help="Attack this existing account instead of a fresh one.")
         parser.add_argument("--json", action="store_true", help='Print {"runs": [...]} instead of a table.')
+        parser.add_argument("--url", help="Attack the HTTP API of a running server (e.g. http://127.0.0.1:8000).")
+        parser.add_argument(
+            "--token", help="API token for --url; default: this project's demo token, if the server uses this database."
+        )
 
     def handle(self, *args, **options) -> None:
-        strategies = registry.names() if options["mode"] == "all" else [registry.get(options["mode"]).name]
+        if options["token"] and not options["url"]:
+            raise InvalidRequest("token", "only applies with --url")
+        target = http.connect(options["url"], token=options["token"]) if options["url"] else None
+        if options["mode"] != "all":
+            strategies = [options["mode"] if target else registry.get(options["mode"]).name]
+        else:
+            strategies = target.strategy_names() if target else registry.names()
         if options["account"] is not None and len(strategies) > 1:
             raise InvalidRequest("account", "cannot be combined with --mode all (each strategy needs a fresh account)")
         plans = [
@@ -66,7 +78,11 @@ class Command(LedgerCommand):
             for plan in plans:
                 task = progress.add_task(plan.strategy, total=plan.requests)
                 runs.append(
-                    run_attack(plan, on_progress=lambda done, total, t=task: progress.update(t, completed=done))
+                    run_attack(
+                        plan,
+                        target=target,
+                        on_progress=lambda done, total, t=task: progress.update(t, completed=done),
+                    )
                 )
         reports = [run_report(run) for run in runs]
         if options["json"]:
@@ -80,6 +96,7 @@ class Command(LedgerCommand):
             title=(
                 f"{plan.requests} deductions of {plan.amount} · concurrency {plan.concurrency}"
                 f" · {plan.processes} process(es) · think {plan.think_ms} ms"
+                + ("" if reports[0]["target"] == AttackRun.IN_PROCESS else f" · {reports[0]['target']}")
             ),
             caption="balance loss = expected − actual: non-zero is money the ledger lost track of",
         )
