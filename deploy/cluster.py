@@ -66,10 +66,6 @@ class Cluster:
     members: list[Member]
 
     @property
-    def instances(self) -> list[Member]:
-        return [member for member in self.members if member.name != PROXY]
-
-    @property
     def proxy(self) -> Member | None:
         return next((member for member in self.members if member.name == PROXY), None)
 
