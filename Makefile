@@ -36,3 +36,32 @@ stop: $(STAMP)
 
 clean: stop
 	rm -rf var $(VENV) staticfiles
+
+# Multi-instance deployment without Docker (README "Run the multi-instance deployment"):
+# N gunicorn instances behind Debian's nginx on 127.0.0.1, rendered from nginx.conf.
+CLUSTER_INSTANCES ?= 2
+CLUSTER_PORT      ?= 8080
+
+.PHONY: nginx cluster-up cluster-down cluster-status stop-cluster
+
+# RUNLEVEL=1: install without starting Debian's own nginx service (port 80); the cluster runs its own.
+nginx:
+	RUNLEVEL=1 scripts/ensure-packages nginx
+
+# The deployment tests run nginx -t and a real nginx.
+test: nginx
+
+cluster-up: setup nginx
+	$(PY) manage.py cluster up --instances $(CLUSTER_INSTANCES) --port $(CLUSTER_PORT)
+
+cluster-down: $(STAMP)
+	$(PY) manage.py cluster down
+
+cluster-status: $(STAMP)
+	$(PY) manage.py cluster status
+
+# A running cluster uses the embedded Redis and is recorded under var/: `stop` and `clean` stop it first.
+stop: stop-cluster
+
+stop-cluster:
+	@if [ -f var/cluster/state.json ]; then $(PY) manage.py cluster down; fi

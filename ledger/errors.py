@@ -68,3 +68,7 @@ class RequestIdReused(LedgerError):
     def __init__(self, request_id: str) -> None:
         super().__init__(f"request id {request_id!r} already names a recorded deduction; send a new one per deduction")
         self.request_id = request_id
+
+
+class ClusterError(LedgerError):
+    """`manage.py cluster` could not start, inspect or stop the local multi-instance deployment."""
