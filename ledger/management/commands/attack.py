@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ledger.attack import launcher
 from ledger.attack.engine import AttackPlan, run_attack
 from ledger.attack.report import format_value, run_report, table_rows
 from ledger.errors import InvalidRequest
@@ -32,6 +33,7 @@ class Command(LedgerCommand):
         parser.add_argument("--think-ms", type=int, default=defaults.think_ms, help="Delay between read and write.")
         parser.add_argument("--account", type=int, help="Attack this existing account instead of a fresh one.")
         parser.add_argument("--json", action="store_true", help='Print {"runs": [...]} instead of a table.')
+        parser.add_argument("--launch-id", help="Report progress to this admin launch (set by the admin's launcher).")
 
     def handle(self, *args, **options) -> None:
         strategies = registry.names() if options["mode"] == "all" else [registry.get(options["mode"]).name]
@@ -55,7 +57,8 @@ class Command(LedgerCommand):
 
         console = Console(file=self.stderr._out, stderr=True)
         runs = []
-        with Progress(
+        reporter = launcher.reporter(options["launch_id"])
+        with reporter, Progress(
             TextColumn("{task.description:<12}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -65,9 +68,14 @@ class Command(LedgerCommand):
         ) as progress:
             for plan in plans:
                 task = progress.add_task(plan.strategy, total=plan.requests)
+                reporter.started(plan)
                 runs.append(
-                    run_attack(plan, on_progress=lambda done, total, t=task: progress.update(t, completed=done))
+                    run_attack(
+                        plan,
+                        on_progress=reporter.wrap(lambda done, total, t=task: progress.update(t, completed=done)),
+                    )
                 )
+                reporter.finished(runs[-1])
         reports = [run_report(run) for run in runs]
         if options["json"]:
             self.stdout.write(json.dumps({"runs": reports}, indent=2))
