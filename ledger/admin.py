@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
@@ -136,9 +136,7 @@ class InstanceFilter(admin.SimpleListFilter):
 
     def lookups(self, request, model_admin):
         # DISTINCT over the attempt_instance index: an index-only scan, not a table scan.
-        instances = (
-            DeductionAttempt.objects.order_by("instance_id").values_list("instance_id", flat=True).distinct()
-        )
+        instances = DeductionAttempt.objects.order_by("instance_id").values_list("instance_id", flat=True).distinct()
         return [(name, name) for name in instances[: self.limit]]
 
     def queryset(self, request, queryset):
@@ -220,9 +218,7 @@ class AccountAdmin(admin.ModelAdmin):
             super()
             .get_queryset(request)
             .annotate(
-                attempt_count=Coalesce(
-                    Subquery(attempts.values("account").annotate(n=Count("pk")).values("n")), 0
-                ),
+                attempt_count=Coalesce(Subquery(attempts.values("account").annotate(n=Count("pk")).values("n")), 0),
                 last_attempt_at=Subquery(attempts.order_by("-started_at").values("started_at")[:1]),
             )
         )
@@ -231,6 +227,9 @@ class AccountAdmin(admin.ModelAdmin):
         if obj is None:
             return ["name", "balance"]
         return ["name", "balance", "version", "opening_balance", "created_at", "updated_at", "audit", "visualize"]
+
+    def get_inlines(self, request, obj=None):
+        return self.inlines if obj is not None else []
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         if obj is None:
@@ -337,11 +336,8 @@ class DeductionAttemptAdmin(ReadOnlyAdmin):
     fieldsets = [
         (None, {"fields": ["badge", "strategy", "amount", "think_ms", "account", "run", "visualize"]}),
         ("Balance and version", {"fields": ["balance_before", "balance_after", "version_before", "version_after"]}),
-        (
-            "Timeline",
-            {"fields": ["started_at", "lock_acquired_at", "read_at", "written_at", "finished_at", "lock_wait",
-                        "duration", "retries", "lock_expired", "steps"]},
-        ),  # fmt: skip
+        ("Timeline", {"fields": ["started_at", "lock_acquired_at", "read_at", "written_at", "finished_at"]}),
+        ("Contention", {"fields": ["lock_wait", "duration", "retries", "lock_expired", "steps"]}),
         ("Origin", {"fields": ["instance_id", "request_id", "idempotency_key", "error"]}),
     ]
 
@@ -381,8 +377,11 @@ class DeductionAttemptAdmin(ReadOnlyAdmin):
             "",
             '<div class="zbl-step"><code>{} µs</code> {} <span class="quiet">{}</span></div>',
             (
-                (f"{e.get('t_us', 0):,}", e.get("event", "?"), ", ".join(f"{k}={v}" for k, v in e.items()
-                                                                      if k not in ("t_us", "event")))
+                (
+                    f"{e.get('t_us', 0):,}",
+                    e.get("event", "?"),
+                    ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("t_us", "event")),
+                )
                 for e in obj.events or []
             ),
         )

@@ -55,7 +55,7 @@ def collect(providers: list[str] | None = None) -> list[dict]:
         try:
             provider: Callable[[], StatusEntry | None] = import_string(path)
             entry = provider()
-        except Exception as failure:  # noqa: BLE001 - one broken subsystem must not blank the panel
+        except Exception as failure:  # one broken subsystem must not blank the panel
             log.exception("status provider %s failed", path)
             entry = StatusEntry(key=path, label=path.rsplit(".", 1)[-1], value="unavailable", level="error",
                                 detail=f"{type(failure).__name__}: {failure}")  # fmt: skip

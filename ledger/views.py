@@ -56,7 +56,7 @@ def health(request: HttpRequest) -> JsonResponse:
 
 def _admin_context(request: HttpRequest, title: str) -> dict:
     """What the admin's base template needs, for pages that look like the admin."""
-    return {**admin.site.each_context(request), "title": title}
+    return {**admin.site.each_context(request), "title": title, "is_nav_sidebar_enabled": False}
 
 
 def landing(request: HttpRequest) -> HttpResponse:

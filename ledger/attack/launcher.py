@@ -13,6 +13,7 @@ releasing it, the lock expires after LOCK_TTL_S and the launch is reported as st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -20,8 +21,8 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from django.conf import settings
 from django.core.cache import cache
@@ -210,10 +211,8 @@ def _release(launch_id: str) -> None:
     lock = _lock()
     # The attack process holds the lock under the launch's token (taken by the web request).
     lock.local.token = lock.redis.get_encoder().encode(launch_id)
-    try:
+    with contextlib.suppress(LockError):  # expired already: nothing to release
         lock.release()
-    except LockError:
-        pass  # expired already: nothing to release
 
 
 class NullReporter:

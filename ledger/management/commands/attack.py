@@ -58,14 +58,17 @@ class Command(LedgerCommand):
         console = Console(file=self.stderr._out, stderr=True)
         runs = []
         reporter = launcher.reporter(options["launch_id"])
-        with reporter, Progress(
-            TextColumn("{task.description:<12}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=options["json"] or not console.is_terminal,
-        ) as progress:
+        with (
+            reporter,
+            Progress(
+                TextColumn("{task.description:<12}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                disable=options["json"] or not console.is_terminal,
+            ) as progress,
+        ):
             for plan in plans:
                 task = progress.add_task(plan.strategy, total=plan.requests)
                 reporter.started(plan)

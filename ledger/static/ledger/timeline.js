@@ -3,7 +3,7 @@
 (function () {
   "use strict";
   const SVG = "http://www.w3.org/2000/svg";
-  const ROW = 20, LABEL = 270, TOP = 28, RIGHT = 16;
+  const LABEL = 270, TOP = 28, RIGHT = 56;
   const PALETTE = ["#1f77b4", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#2ca02c"];
 
   const data = JSON.parse(document.getElementById("timeline-data").textContent);
@@ -56,10 +56,13 @@
     if (mode.startsWith("group:")) {
       const index = Number(mode.slice(6));
       const group = groups[index];
+      const rows = members(index);
+      const instances = new Set(rows.map((a) => a.instance)).size;
       return {
-        rows: members(index),
+        rows,
         text: `Lost update ${index + 1} of ${groups.length}: ${group.attempts.length} attempts read version ` +
-          `${group.version_read} and all wrote version ${group.version_read + 1}; #${group.survivor} wrote last.`,
+          `${group.version_read} and all wrote version ${group.version_read + 1}; #${group.survivor} wrote last` +
+          (instances > 1 ? ` (they ran on ${instances} different instances).` : "."),
         next: groups.length > 1 ? "group:" + ((index + 1) % groups.length) : null,
       };
     }
@@ -128,6 +131,8 @@
     const width = Math.max(box.clientWidth, 640);
     const plot = width - LABEL - RIGHT;
     const x = (t) => LABEL + ((t - t0) / span) * plot;
+    const showVersions = rows.length <= 60;
+    const ROW = showVersions ? 30 : 18;
     const height = TOP + rows.length * ROW + 8;
     const svg = el("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" }, box);
     const defs = el("defs", {}, svg);
@@ -145,7 +150,6 @@
 
     const y = new Map();
     const writeAt = new Map();
-    const showVersions = rows.length <= 60;
     rows.forEach((a, i) => {
       const top = TOP + i * ROW;
       y.set(a.id, top + ROW / 2);
@@ -156,15 +160,15 @@
       const g = el("g", { class: classes.join(" "), id: "attempt-" + a.id, "data-attempt": a.id }, svg);
       el("title", {}, g, describe(a));
       el("rect", { x: 0, y: top, width, height: ROW, class: "row-bg" }, g);
-      el("rect", { x: 6, y: top + 5, width: 8, height: 10, fill: instanceColour.get(a.instance) || "#999" }, g);
+      el("rect", { x: 6, y: top + ROW / 2 - 5, width: 8, height: 10, fill: instanceColour.get(a.instance) || "#999" }, g);
       const versions = a.version_before === null ? "" : ` v${a.version_before}→${a.version_after ?? "·"}`;
       const money = a.balance_before === null ? "" : ` ${a.balance_before}→${a.balance_after ?? "·"}`;
-      el("text", { x: 20, y: top + 14, class: "row-label" }, g, `#${a.id}${versions}${money}`);
+      el("text", { x: 20, y: top + ROW / 2 + 4, class: "row-label" }, g, `#${a.id}${versions}${money}`);
       const left = x(a.start), right = Math.max(x(a.end), left + 2);
-      el("rect", { x: left, y: top + 4, width: right - left, height: ROW - 8, rx: 2, class: "bar" }, g);
+      el("rect", { x: left, y: top + ROW / 2 - 6, width: right - left, height: 12, rx: 2, class: "bar" }, g);
       const locked = event(a, "lock_acquired");
       if (locked && x(locked.t_us) - left > 1) {
-        el("rect", { x: left, y: top + 4, width: x(locked.t_us) - left, height: ROW - 8, class: "wait" }, g);
+        el("rect", { x: left, y: top + ROW / 2 - 6, width: x(locked.t_us) - left, height: 12, class: "wait" }, g);
       }
       for (const e of a.events) {
         const ex = x(e.t_us), ey = top + ROW / 2;
@@ -172,10 +176,10 @@
           el("path", { d: `M${ex} ${ey - 5} L${ex + 4} ${ey} L${ex} ${ey + 5} L${ex - 4} ${ey} Z`, class: "mark lock" }, g);
         } else if (e.event === "read") {
           el("circle", { cx: ex, cy: ey, r: 3.5, class: "mark read" }, g);
-          if (showVersions) el("text", { x: ex + 5, y: top + 3, class: "mark-label" }, g, "read v" + e.version);
+          if (showVersions) el("text", { x: ex - 4, y: top + 7, class: "mark-label" }, g, "read v" + e.version);
         } else if (e.event === "written") {
           el("path", { d: `M${ex} ${ey - 6} L${ex + 5} ${ey + 5} L${ex - 5} ${ey + 5} Z`, class: "mark write" }, g);
-          if (showVersions) el("text", { x: ex + 6, y: top + ROW - 1, class: "mark-label" }, g, "wrote v" + e.version);
+          if (showVersions) el("text", { x: ex - 4, y: top + ROW - 1, class: "mark-label" }, g, "wrote v" + e.version);
           writeAt.set(a.id, ex);
         } else if (e.event === "conflict") {
           el("text", { x: ex, y: ey + 4, class: "mark conflict" }, g, "✕");
