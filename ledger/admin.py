@@ -32,9 +32,10 @@ OUTCOME_COLOURS = {
 
 def outcome_badge(outcome: str) -> str:
     return format_html(
-        '<span class="zbl-badge" style="background:{}">{}</span>',
+        '<span class="zbl-badge" style="background:{}" title="{}">{}</span>',
         OUTCOME_COLOURS.get(outcome, "#444"),
         Outcome(outcome).label if outcome in Outcome.values else outcome,
+        outcome.replace("_", " "),
     )
 
 

@@ -93,6 +93,8 @@ def test_attempt_count_stops_at_the_cap_and_says_so(admin_client, recorded_run, 
     monkeypatch.setattr(ledger_admin.CappedCountPaginator, "CAP", 3)
     page = admin_client.get("/admin/ledger/deductionattempt/").content.decode()
     assert "more than 3 deduction attempts" in page
+    filtered = admin_client.get("/admin/ledger/deductionattempt/?strategy=optimistic").content.decode()
+    assert "more than 3 results" in filtered
 
 
 def test_attempts_are_read_only_even_for_superusers(admin_client, recorded_run):
