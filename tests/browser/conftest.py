@@ -50,7 +50,11 @@ def context(browser, live_server):
     context.console_errors = []
 
     def watch(page) -> None:
-        page.on("console", lambda m: context.console_errors.append(f"{page.url}: {m.text}") if m.type == "error" else None)
+        def on_console(message) -> None:
+            if message.type == "error":
+                context.console_errors.append(f"{page.url}: {message.text}")
+
+        page.on("console", on_console)
         page.on("pageerror", lambda error: context.console_errors.append(f"{page.url}: {error}"))
 
     context.on("page", watch)
