@@ -161,7 +161,12 @@ class RecentAttemptsFormSet(BaseInlineFormSet):
     shown = 20
 
     def get_queryset(self) -> QuerySet:
-        return super().get_queryset().order_by("-pk")[: self.shown]
+        # Evaluated once: the formset indexes into it for every form. Newest first along the
+        # attempt_account_started index, whatever the number of attempts of the account.
+        if not hasattr(self, "_recent"):
+            self._recent = super().get_queryset().order_by("-started_at", "-pk")[: self.shown]
+            len(self._recent)
+        return self._recent
 
 
 class RecentAttemptsInline(admin.TabularInline):
