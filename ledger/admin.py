@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
@@ -443,6 +444,10 @@ class AttackRunAdmin(admin.ModelAdmin):
         return {**self.admin_site.each_context(request), "title": title, "opts": self.model._meta}
 
     def launch_view(self, request: HttpRequest) -> HttpResponse:
+        # Launching writes thousands of rows and loads the machine: superusers, or staff
+        # given the "add attack run" permission.
+        if not request.user.has_perm("ledger.add_attackrun"):
+            raise PermissionDenied("Launching attacks needs the “Can add attack run” permission.")
         return views.launch(request, self._context(request, "Launch an attack"))
 
     def launch_progress_view(self, request: HttpRequest, launch_id: str) -> HttpResponse:

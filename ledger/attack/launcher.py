@@ -99,10 +99,17 @@ def is_locked() -> bool:
     return _lock().locked()
 
 
+def _lock_holder() -> str | None:
+    """The launch id (the lock's token) holding the launch lock, if any."""
+    lock = _lock()
+    token = lock.redis.get(lock.name)
+    return None if token is None else token.decode()
+
+
 def state_of(launch_id: str) -> dict | None:
     """A launch's state as last reported, marked stale if it stopped reporting while running."""
     state = get_state(launch_id)
-    if state and state["status"] in ("starting", "running") and not is_locked():
+    if state and state["status"] in ("starting", "running") and _lock_holder() != launch_id:
         state = {**state, "status": "stale", "error": "the attack process stopped reporting (was it killed?)"}
     return state
 
@@ -143,8 +150,6 @@ def launch(request: LaunchRequest, *, strategies: list[str], user: str = "") -> 
         _finish(state, error=f"could not start the attack process: {failure}")
         lock.release()
         raise
-    state["pid"] = process.pid
-    _save_state(state)
     reaper = threading.Thread(target=_reap, args=(process, launch_id), name=f"launch-{launch_id[:8]}", daemon=True)
     _reapers[launch_id] = reaper
     reaper.start()

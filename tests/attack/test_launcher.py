@@ -6,6 +6,7 @@ import time
 import uuid
 
 import pytest
+from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.utils.html import escape
 
@@ -61,6 +62,16 @@ def test_launch_form_refuses_bad_input_field_by_field_and_starts_nothing(admin_c
     assert list(errors) == [field]
     assert message in errors[field][0]
     assert not launcher.is_locked() and not AttackRun.objects.exists()
+
+
+@pytest.mark.django_db
+def test_launching_needs_the_add_attack_run_permission(client):
+    staff = User.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(staff)
+    assert client.post(LAUNCH_URL, VALID).status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="add_attackrun"))
+    assert client.get(LAUNCH_URL).status_code == 200
+    assert not launcher.is_locked()
 
 
 @pytest.mark.django_db
