@@ -327,11 +327,14 @@ class AccountAdmin(admin.ModelAdmin):
 class DeductionAttemptAdmin(ReadOnlyAdmin):
     list_display = [
         "id", "badge", "strategy", "amount", "balances", "versions", "retries", "lock_wait", "duration",
-        "instance_id", "account", "run", "started_at",
+        "instance_id", "account_name", "run", "started_at",
     ]  # fmt: skip
     list_display_links = ["id"]
     list_filter = [StrategyFilter, "outcome", InstanceFilter, RunFilter, AccountFilter]
-    list_select_related = ["account"]
+    # No JOIN: MariaDB plans `attempts JOIN accounts ORDER BY id DESC LIMIT 50` as a sort of
+    # the whole join (4.6 s on a million rows). The page's accounts come in one extra query
+    # (prefetch_related in get_queryset) instead.
+    list_select_related = []
     search_fields = ["request_id", "idempotency_key"]
     search_help_text = "An exact request id or idempotency key."
     date_hierarchy = "started_at"
@@ -349,6 +352,9 @@ class DeductionAttemptAdmin(ReadOnlyAdmin):
     ]
 
     readonly_fields = [field for _, options in fieldsets for field in options["fields"]]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).prefetch_related("account")
 
     def get_search_results(self, request, queryset, search_term):
         # Exact matches on the unique request_id and the idempotency_key index; the default
@@ -377,6 +383,11 @@ class DeductionAttemptAdmin(ReadOnlyAdmin):
     @admin.display(description="duration")
     def duration(self, obj: DeductionAttempt) -> str:
         return micros_as_ms(obj.duration_us)
+
+    @admin.display(description="account")
+    def account_name(self, obj: DeductionAttempt) -> str:
+        url = reverse("admin:ledger_account_change", args=[obj.account_id])
+        return format_html('<a href="{}">{}</a>', url, obj.account.name)
 
     @admin.display(description="events")
     def steps(self, obj: DeductionAttempt) -> str:
