@@ -306,7 +306,7 @@ class AccountAdmin(admin.ModelAdmin):
                 for account_id in queryset.values_list("pk", flat=True):
                     apply(account_id, form.cleaned_data)
             except InvalidRequest as invalid:
-                forms._add_invalid(form, invalid)
+                forms.add_invalid_error(form, invalid)
             else:
                 count = queryset.count()
                 self.message_user(request, f"{title} {count} account(s): recorded as balance adjustments.")

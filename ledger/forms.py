@@ -13,7 +13,7 @@ from strategies import registry
 ALL = "all"
 
 
-def _add_invalid(form: forms.Form, invalid: InvalidRequest, fields: dict[str, str] | None = None) -> None:
+def add_invalid_error(form: forms.Form, invalid: InvalidRequest, fields: dict[str, str] | None = None) -> None:
     """Show a service's InvalidRequest on the form field it concerns (or the whole form)."""
     field = (fields or {}).get(invalid.field, invalid.field)
     form.add_error(field if field in form.fields else None, invalid.message)
@@ -67,7 +67,7 @@ class LaunchAttackForm(forms.Form):
             for plan in plans:
                 plan.validate()
         except InvalidRequest as invalid:
-            _add_invalid(self, invalid, {"strategy": "mode"})
+            add_invalid_error(self, invalid, {"strategy": "mode"})
         return data
 
     def strategies(self) -> list[str]:
