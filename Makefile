@@ -65,3 +65,15 @@ stop: stop-cluster
 
 stop-cluster:
 	@if [ -f var/cluster/state.json ]; then $(PY) manage.py cluster down; fi
+
+# Browser tests (tests/browser/, admin and visualizer): Playwright drives Debian's Chromium
+# (`playwright install` cannot download browsers here); fonts make the screenshots legible.
+.PHONY: browser-deps serve
+browser-deps:
+	scripts/ensure-packages chromium fonts-dejavu-core
+
+test: browser-deps
+
+# The admin and the visualizers on http://127.0.0.1:8000/ (development server; static files served with --insecure).
+serve: setup
+	$(PY) manage.py runserver --insecure 127.0.0.1:8000

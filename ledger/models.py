@@ -130,6 +130,13 @@ class DeductionAttempt(models.Model):
             models.Index(fields=["attack_run", "outcome"], name="attempt_run_outcome"),
             models.Index(fields=["strategy", "outcome"], name="attempt_strategy_outcome"),
             models.Index(fields=["started_at"], name="attempt_started_at"),
+            # For the admin and the visualizer on millions of rows: an account's timeline and
+            # last activity, and the strategy / outcome / instance filters (each index also orders
+            # by id, the changelist's order).
+            models.Index(fields=["account", "started_at"], name="attempt_account_started"),
+            models.Index(fields=["strategy"], name="attempt_strategy"),
+            models.Index(fields=["outcome"], name="attempt_outcome"),
+            models.Index(fields=["instance_id"], name="attempt_instance"),
         ]
 
     def __str__(self) -> str:

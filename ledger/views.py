@@ -1,14 +1,27 @@
-"""Plain Django views (not the API)."""
+"""Plain Django views (not the API): health, the landing page, the admin's extra pages, the visualizers."""
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.response import TemplateResponse
+from django.urls import Resolver404, resolve
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django_redis import get_redis_connection
 
+from ledger import selectors, status
+from ledger.attack import launcher
+from ledger.attack.report import format_value, run_report, table_rows
+from ledger.errors import UnknownStrategy
+from ledger.forms import LaunchAttackForm
+from ledger.models import Account, AttackRun
 from ledger.services import current_instance_id
+from strategies import registry
 
 
 def _check_database() -> None:
@@ -38,4 +51,197 @@ def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"status": "ok" if healthy else "unavailable", "instance": current_instance_id(), "checks": checks},
         status=200 if healthy else 503,
+    )
+
+
+def _admin_context(request: HttpRequest, title: str) -> dict:
+    """What the admin's base template needs, for pages that look like the admin."""
+    return {**admin.site.each_context(request), "title": title, "is_nav_sidebar_enabled": False}
+
+
+def landing(request: HttpRequest) -> HttpResponse:
+    """`/`: what the project is, the strategies in a few lines each, where to go next."""
+    try:
+        resolve("/api/docs/")
+        api_docs = "/api/docs/"
+    except Resolver404:
+        api_docs = ""  # the HTTP API is not installed in this build
+    return render(
+        request,
+        "ledger/landing.html",
+        {
+            **_admin_context(request, "Zero Balance Loss"),
+            "strategies": registry.all_strategies(),
+            "api_docs": api_docs,
+            "default_strategy": settings.LEDGER_DEFAULT_STRATEGY,
+        },
+    )
+
+
+@staff_member_required
+@never_cache
+@require_GET
+def live_status(request: HttpRequest) -> JsonResponse:
+    """The admin index's live panel: every status provider's entry (see ledger/status.py)."""
+    return JsonResponse({"entries": status.collect(), "instance": current_instance_id()})
+
+
+def _report_rows(reports: list[dict], extra: list[tuple[str, str]] = ()) -> list[dict]:
+    """The attack table as `manage.py attack` prints it: one row per figure, a column per run."""
+    labels = table_rows(reports)
+    labels[2:2] = extra  # right after requests and succeeded
+    return [
+        {
+            "label": label,
+            "key": key,
+            "cells": [
+                {"text": format_value(key, report[key]), "alert": key == "balance_loss" and bool(report[key])}
+                for report in reports
+            ],
+        }
+        for label, key in labels
+    ]
+
+
+def launch(request: HttpRequest, context: dict) -> HttpResponse:
+    """The admin's "Launch attack" form; starts the attack in the background and redirects."""
+    running = launcher.current()
+    http_status = 200
+    if request.method == "POST":
+        form = LaunchAttackForm(request.POST)
+        if form.is_valid():
+            try:
+                state = launcher.launch(
+                    form.launch_request(), strategies=form.strategies(), user=request.user.get_username()
+                )
+            except launcher.LaunchInProgress as busy:
+                form.add_error(None, str(busy))
+                running, http_status = busy.running, 409
+            else:
+                return redirect("admin:ledger_attackrun_launch_progress", state["id"])
+        else:
+            http_status = 400
+    else:
+        form = LaunchAttackForm()
+    return TemplateResponse(
+        request,
+        "admin/ledger/attackrun/launch.html",
+        {**context, "form": form, "running": running, "strategies": registry.all_strategies()},
+        status=http_status,
+    )
+
+
+def launch_progress(request: HttpRequest, launch_id: str, context: dict) -> HttpResponse:
+    """Progress of a launch while it runs; its results table (as the CLI prints it) when done."""
+    state = launcher.state_of(launch_id)
+    if state is None:
+        raise Http404("No such launch (launches are kept for a week).")
+    runs = selectors.runs_by_ids(run["run_id"] for run in state["runs"] if run["run_id"])
+    rows = _report_rows([run_report(run) for run in runs]) if runs else []
+    return TemplateResponse(
+        request,
+        "admin/ledger/attackrun/launch_progress.html",
+        {
+            **context,
+            "state": state,
+            "runs": runs,
+            "rows": rows,
+            "compare_ids": ",".join(str(run.pk) for run in runs),
+            "running": state["status"] in ("starting", "running"),
+        },
+    )
+
+
+def launch_state(request: HttpRequest, launch_id: str) -> JsonResponse:
+    state = launcher.state_of(launch_id)
+    if state is None:
+        return JsonResponse({"error": "no such launch"}, status=404)
+    return JsonResponse(state)
+
+
+@staff_member_required
+def visualize_index(request: HttpRequest) -> HttpResponse:
+    runs = selectors.recent_runs(limit=30)
+    return render(
+        request,
+        "ledger/visualize_index.html",
+        {
+            **_admin_context(request, "Visualizers"),
+            "runs": runs,
+            "latest_ids": ",".join(str(run.pk) for run in selectors.latest_run_per_strategy()),
+        },
+    )
+
+
+def _timeline_page(request: HttpRequest, *, title: str, timeline: selectors.Timeline, subject: dict) -> HttpResponse:
+    return render(
+        request,
+        "ledger/timeline.html",
+        {
+            **_admin_context(request, title),
+            "timeline": timeline,
+            "summary": selectors.timeline_summary(timeline),
+            "drawing": timeline.as_json(),
+            **subject,
+        },
+    )
+
+
+@staff_member_required
+def visualize_run(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(AttackRun, pk=run_id)
+    try:
+        strategy = registry.get(run.strategy)
+    except UnknownStrategy:
+        strategy = None  # a run of a strategy this build no longer has
+    return _timeline_page(
+        request,
+        title=f"Run {run.pk} · {run.strategy}",
+        timeline=selectors.run_timeline(run_id=run.pk),
+        subject={"run": run, "strategy": strategy, "success_rate": selectors.success_rate(run)},
+    )
+
+
+@staff_member_required
+def visualize_account(request: HttpRequest, account_id: int) -> HttpResponse:
+    account = get_object_or_404(Account, pk=account_id)
+    return _timeline_page(
+        request,
+        title=f"Account {account.name}",
+        timeline=selectors.account_timeline(account_id=account.pk),
+        subject={"account": account},
+    )
+
+
+@staff_member_required
+def compare(request: HttpRequest) -> HttpResponse:
+    """Charts of TPS, p99, success rate and balance loss for the runs in ?runs=1,2,3."""
+    raw = request.GET.get("runs", "")
+    ids = [part.strip() for part in raw.split(",") if part.strip()]
+    if not ids or not all(part.isdigit() for part in ids):
+        return render(
+            request,
+            "ledger/compare.html",
+            {**_admin_context(request, "Compare runs"), "error": "Give ?runs= a comma-separated list of run ids."},
+            status=400,
+        )
+    runs = selectors.runs_by_ids(int(part) for part in ids)
+    reports = [{**run_report(run), "success_rate": selectors.success_rate(run)} for run in runs]
+    rows = _report_rows(reports, extra=[("success rate %", "success_rate")])
+    chart = {
+        "labels": [f"{run.strategy} · run {run.pk}" for run in runs],
+        "series": {
+            key: [report[key] for report in reports] for key in ("tps", "p99_ms", "success_rate", "balance_loss")
+        },
+    }
+    return render(
+        request,
+        "ledger/compare.html",
+        {
+            **_admin_context(request, "Compare runs"),
+            "runs": runs,
+            "rows": rows,
+            "chart": chart,
+            "missing": len(ids) - len(runs),
+        },
     )

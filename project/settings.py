@@ -139,6 +139,11 @@ def _database(url: str | None) -> dict:
 
 
 DATABASES = {"default": _database(os.environ.get("DATABASE_URL"))}
+# Set by the admin's attack launcher for the `attack` process it starts, so that the process
+# writes to the database the launching process reads (under pytest: the test database, whose
+# name only exists at run time). See ledger/attack/launcher.py.
+if os.environ.get("ATTACK_DATABASE_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["ATTACK_DATABASE_NAME"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = embedded_redis.environ_default(VAR_DIR)

@@ -14,3 +14,13 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
     path("api/", include("ledger.api.urls")),
 ]
+
+# Landing page, the admin index's live panel and the visualizers (admin and visualizer issue).
+urlpatterns += [
+    path("", views.landing, name="landing"),
+    path("live/status/", views.live_status, name="live-status"),
+    path("visualize/", views.visualize_index, name="visualize-index"),
+    path("visualize/runs/<int:run_id>/", views.visualize_run, name="visualize-run"),
+    path("visualize/accounts/<int:account_id>/", views.visualize_account, name="visualize-account"),
+    path("visualize/compare/", views.compare, name="visualize-compare"),
+]

@@ -42,3 +42,25 @@ def make_account(db):
 
     make.count = 0
     return make
+
+
+@pytest.fixture
+def recorded_run(make_account):
+    """A finished attack run with real attempts (succeeded, refused), recorded by the service."""
+    from django.utils import timezone
+
+    from ledger.models import AttackRun
+
+    account = make_account(balance=300)
+    run = AttackRun.objects.create(
+        strategy="optimistic", parameters={"requests": 5}, account=account, started_at=timezone.now(), requests=5
+    )
+    for _ in range(5):
+        services.deduct(account_id=account.pk, amount=100, strategy="optimistic", attack_run_id=run.pk)
+    services.top_up(account_id=account.pk, amount=50, note="test top-up")
+    AttackRun.objects.filter(pk=run.pk).update(
+        status=AttackRun.Status.FINISHED, finished_at=timezone.now(), succeeded=3, insufficient_funds=2,
+        tps=100.0, p50_ms=1.0, p99_ms=2.0, initial_balance=300, expected_balance=0, actual_balance=0, balance_loss=0,
+    )  # fmt: skip
+    run.refresh_from_db()
+    return run

@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ledger.attack import http
+from ledger.attack import launcher
 from ledger.attack.engine import AttackPlan, run_attack
 from ledger.attack.report import format_value, run_report, table_rows
 from ledger.errors import InvalidRequest
@@ -38,6 +39,7 @@ class Command(LedgerCommand):
         parser.add_argument(
             "--token", help="API token for --url; default: this project's demo token, if the server uses this database."
         )
+        parser.add_argument("--launch-id", help="Report progress to this admin launch (set by the admin's launcher).")
 
     def handle(self, *args, **options) -> None:
         if options["token"] and not options["url"]:
@@ -67,23 +69,29 @@ class Command(LedgerCommand):
 
         console = Console(file=self.stderr._out, stderr=True)
         runs = []
-        with Progress(
-            TextColumn("{task.description:<12}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=options["json"] or not console.is_terminal,
-        ) as progress:
+        reporter = launcher.reporter(options["launch_id"])
+        with (
+            reporter,
+            Progress(
+                TextColumn("{task.description:<12}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                disable=options["json"] or not console.is_terminal,
+            ) as progress,
+        ):
             for plan in plans:
                 task = progress.add_task(plan.strategy, total=plan.requests)
+                reporter.started(plan)
                 runs.append(
                     run_attack(
                         plan,
                         target=target,
-                        on_progress=lambda done, total, t=task: progress.update(t, completed=done),
+                        on_progress=reporter.wrap(lambda done, total, t=task: progress.update(t, completed=done)),
                     )
                 )
+                reporter.finished(runs[-1])
         reports = [run_report(run) for run in runs]
         if options["json"]:
             self.stdout.write(json.dumps({"runs": reports}, indent=2))
