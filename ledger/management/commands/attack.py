@@ -8,8 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ledger.attack import http
-from ledger.attack import launcher
+from ledger.attack import http, launcher
 from ledger.attack.engine import AttackPlan, run_attack
 from ledger.attack.report import format_value, run_report, table_rows
 from ledger.errors import InvalidRequest
