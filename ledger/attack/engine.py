@@ -235,7 +235,15 @@ def _fire(
     ]
     for child in children:
         child.start()
-    _report_progress(shared, plan.requests, on_progress, alive=lambda: any(c.is_alive() for c in children))
+    # Until every request is answered, not until the children exit: a child cannot exit before
+    # the parent reads its results from the queue's pipe (64 KiB), so waiting for the exit would
+    # deadlock any run whose samples outgrow the pipe (e.g. --requests 4000 --processes 2).
+    _report_progress(
+        shared,
+        plan.requests,
+        on_progress,
+        alive=lambda: shared.done.value < plan.requests and any(c.is_alive() for c in children),
+    )
     messages = _collect(results, children)
     for child in children:
         child.join()

@@ -111,3 +111,12 @@ def test_a_read_mix_counts_reads_apart_from_the_deductions():
     assert run.read_p50_ms <= run.read_p99_ms and run.p50_ms <= run.p99_ms
     assert DeductionAttempt.objects.filter(attack_run=run).count() == 10
     assert run.parameters["read_ratio"] == 0.9
+
+
+@pytest.mark.django_db(transaction=True)
+def test_processes_whose_results_outgrow_the_queue_pipe_still_report():
+    # 2 × 2,000 samples pickle to more than a pipe's 64 KiB: the parent must read them before
+    # waiting for the children to exit (it used to wait first, and both sides waited forever).
+    plan = AttackPlan(strategy="atomic", requests=4_000, concurrency=4, processes=2, read_ratio=1)
+    run = run_attack(plan)
+    assert (run.requests, run.reads, run.stale_reads) == (4_000, 4_000, 0)
