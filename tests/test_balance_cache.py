@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -285,6 +286,7 @@ def private_redis(settings):
         yield var_dir
     finally:
         embedded_redis.stop(var_dir)
+        shutil.rmtree(var_dir, ignore_errors=True)
 
 
 @pytest.mark.django_db(transaction=True)
