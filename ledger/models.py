@@ -73,6 +73,15 @@ class AttackRun(models.Model):
     expected_balance = models.BigIntegerField(null=True, blank=True)
     actual_balance = models.BigIntegerField(null=True, blank=True)
     balance_loss = models.BigIntegerField(null=True, blank=True, help_text="expected − actual, minor units.")
+    # Balance reads mixed into the run (attack --read-ratio): `requests` counts them, the outcome
+    # counts and p50/p99 above are deductions only.
+    reads = models.PositiveIntegerField(default=0, help_text="Balance reads among the requests.")
+    cache_hit_rate = models.FloatField(null=True, blank=True, help_text="Share of reads answered by the cache.")
+    stale_reads = models.PositiveIntegerField(
+        default=0, help_text="Reads older than a version the same client had already seen committed."
+    )
+    read_p50_ms = models.FloatField(null=True, blank=True)
+    read_p99_ms = models.FloatField(null=True, blank=True)
     failure = models.TextField(blank=True, help_text="Why the run itself failed, if it did.")
 
     class Meta:

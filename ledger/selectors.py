@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from django.db.models import QuerySet
 
-from ledger.errors import AccountNotFound
-from ledger.models import Account, AttackRun, DeductionAttempt, Outcome
+from ledger import balance_cache
+from ledger.models import AttackRun, DeductionAttempt, Outcome
 from strategies import registry
+from strategies.base import read_balance
 
 
 @dataclass(frozen=True)
@@ -20,16 +21,17 @@ class BalanceRead:
     account_id: int
     balance: int
     version: int
-    source: str  # "database" (a cache layer adds "cache" and "fallback")
+    source: str  # balance_cache.CACHE, DATABASE (a miss, or the cache is off) or FALLBACK (Redis down)
 
 
 def balance(*, account_id: int) -> BalanceRead:
-    """The current balance of an account (for display only: no strategy decides from it)."""
-    try:
-        amount, version = Account.objects.values_list("balance", "version").get(pk=account_id)
-    except Account.DoesNotExist:
-        raise AccountNotFound(account_id) from None
-    return BalanceRead(account_id=account_id, balance=amount, version=version, source="database")
+    """The current balance of an account, for display only: no strategy decides from it.
+
+    Read through the cache-aside layer (ledger.balance_cache): once a balance change has
+    committed, no read returns an older version. Raises AccountNotFound.
+    """
+    amount, version, source = balance_cache.read(account_id, read_balance)
+    return BalanceRead(account_id=account_id, balance=amount, version=version, source=source)
 
 
 # The timeline draws every attempt as a bar; past a few thousand bars it stops being readable.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import uuid
@@ -13,6 +14,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
+from ledger import balance_cache
 from ledger.errors import AccountNotFound, DeductionRefused, InvalidRequest
 from ledger.models import Account, BalanceAdjustment, DeductionAttempt, Outcome
 from ledger.recording import insert_attempt
@@ -111,6 +113,7 @@ def deduct(
         attempt = attempt_from(trace, Outcome.SUCCEEDED)
         insert_attempt(attempt)
         recorded.append(attempt)
+        _publish_after_commit(account_id, balance=trace.balance_after, version=trace.version_after)
 
     trace = DeductionTrace(account_id=account_id, amount=amount, think_ms=think_ms, after_read=after_read)
     trace.on_success = record_success
@@ -149,11 +152,27 @@ def _annotate_after_success(attempt: DeductionAttempt, trace: DeductionTrace, er
     return attempt
 
 
+def _publish_after_commit(account_id: int, *, balance: int, version: int) -> None:
+    """Every balance change ends here: once its transaction commits, its (version, balance)
+    replaces the cached balance (ledger.balance_cache).
+
+    After commit, not before: until then the change may still roll back, and readers of the
+    cache would see money move that never moved. Publishing the new version rather than
+    deleting the key keeps readers hitting, and the versioned compare-and-set means a reader
+    holding an older row can never put it back. `robust`: the change has committed, so nothing
+    the cache does may turn it into an error.
+    """
+    transaction.on_commit(
+        functools.partial(balance_cache.publish, account_id, version=version, balance=balance), robust=True
+    )
+
+
 def _adjust(*, account_id: int, kind: BalanceAdjustment.Kind, new_balance: Callable[[int], int], note: str):
     with transaction.atomic():
         balance, version = read_balance(account_id, for_update=True)
         after = new_balance(balance)
         write_balance(account_id, balance=after, version=version + 1)
+        _publish_after_commit(account_id, balance=after, version=version + 1)
         return BalanceAdjustment.objects.create(
             account_id=account_id,
             kind=kind,

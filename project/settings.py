@@ -175,6 +175,16 @@ LEDGER_LOCK_WAIT_S = env_float("LEDGER_LOCK_WAIT_S", 5.0)
 # Keep it below REDIS_SOCKET_TIMEOUT_S: the wait is a blocking Redis command.
 LEDGER_REDIS_LOCK_RETRY_S = env_float("LEDGER_REDIS_LOCK_RETRY_S", 0.05)
 
+# Cache-aside balance reads (ledger/balance_cache.py, README "Cached balance reads").
+# TTL of a cached balance plus a random 0..JITTER (anti-avalanche); a TTL of 0 turns the cache off.
+LEDGER_BALANCE_CACHE_TTL_S = env_float("LEDGER_BALANCE_CACHE_TTL_S", 300.0)
+LEDGER_BALANCE_CACHE_JITTER_S = env_float("LEDGER_BALANCE_CACHE_JITTER_S", 30.0)
+# Single flight on a miss: the loader's lock TTL, which is also the longest the others wait for it.
+LEDGER_BALANCE_CACHE_FILL_LOCK_TTL_S = env_float("LEDGER_BALANCE_CACHE_FILL_LOCK_TTL_S", 2.0)
+LEDGER_BALANCE_CACHE_POLL_S = env_float("LEDGER_BALANCE_CACHE_POLL_S", 0.002)
+# After a Redis error a process reads balances from the database for this long before trying again.
+LEDGER_BALANCE_CACHE_RETRY_S = env_float("LEDGER_BALANCE_CACHE_RETRY_S", 1.0)
+
 # Security: production values come from the environment (see README).
 HTTPS = env_bool("HTTPS", False)
 SECURE_SSL_REDIRECT = HTTPS

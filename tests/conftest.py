@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.test import override_settings
 
-from ledger import services
+from ledger import balance_cache, services
 from ledger.models import Account
 
 
@@ -32,6 +32,15 @@ def isolated_redis():
     with override_settings(CACHES=caches, REDIS_URL=redis_test_url(settings.REDIS_URL, db)):
         cache.clear()
         yield
+
+
+@pytest.fixture(autouse=True)
+def empty_balance_cache(isolated_redis):
+    """Every test starts with an empty cache and no process-local cache state: account ids can
+    come back in a later test (SQLite reuses a rolled-back id), and a balance cached for one
+    test's account must never answer for another's."""
+    cache.clear()
+    balance_cache.reset()
 
 
 @pytest.fixture

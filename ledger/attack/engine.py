@@ -3,7 +3,9 @@
 It fires `requests` deductions at one account with `concurrency` workers (threads) spread
 over `processes` OS processes, all released together by one barrier, and turns what the
 workers saw into an `AttackRun`: counts per outcome, TPS, latency percentiles and the
-balance loss (expected − actual balance).
+balance loss (expected − actual balance). With a `read_ratio`, that share of the requests are
+balance reads instead, and every read is checked against what its worker had already seen
+committed (stale reads).
 
 Processes are forked (not spawned) so that they inherit the configured database settings
 (including pytest-django's test database) and each gets its own connections, its own pid
@@ -25,7 +27,8 @@ from dataclasses import dataclass
 from django.db import connections
 from django.utils import timezone
 
-from ledger.attack.targets import InProcessTarget, Sample, Target
+from ledger.attack.targets import READ, InProcessTarget, Sample, Target
+from ledger.balance_cache import CACHE
 from ledger.errors import InvalidRequest
 from ledger.models import AttackRun, Outcome
 from ledger.services import validate_amount, validate_think_ms
@@ -47,6 +50,7 @@ class AttackPlan:
     balance: int = 30_000
     think_ms: int = 0
     account_id: int | None = None
+    read_ratio: float = 0.0  # share of the requests that are balance reads instead of deductions
 
     def validate(self) -> None:
         """Raise InvalidRequest naming the option (as spelled on the command line)."""
@@ -62,6 +66,14 @@ class AttackPlan:
         if self.account_id is None:
             whole("balance", self.balance, 0, 2**62)
         validate_think_ms(self.think_ms)
+        ratio = self.read_ratio
+        if type(ratio) not in (int, float) or not 0 <= ratio <= 1:
+            raise InvalidRequest("read_ratio", "must be a number from 0 to 1")
+
+    def is_read(self, index: int) -> bool:
+        """Whether request number `index` is a read: reads are spread evenly over the run, and
+        exactly floor(requests × read_ratio) of them (the sum telescopes)."""
+        return math.floor((index + 1) * self.read_ratio) > math.floor(index * self.read_ratio)
 
     def as_parameters(self) -> dict:
         return {
@@ -71,6 +83,7 @@ class AttackPlan:
             "amount": self.amount,
             "balance": self.balance,
             "think_ms": self.think_ms,
+            "read_ratio": self.read_ratio,
         }
 
 
@@ -114,19 +127,46 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
 
 
+@dataclass
+class ClientView:
+    """What one client (a worker thread) has seen committed, to tell a stale read.
+
+    Seen committed: the version_after of each of its own deductions that succeeded (they return
+    after the commit) and the version returned by each of its earlier reads. A read is stale when
+    it returns a version older than the highest of those.
+    """
+
+    seen: int | None = None
+
+    def observe(self, sample: Sample) -> Sample:
+        """The sample, marked stale if it is a read older than what this client saw before."""
+        if sample.version is None:
+            return sample
+        stale = sample.outcome == READ and self.seen is not None and sample.version < self.seen
+        self.seen = sample.version if self.seen is None else max(self.seen, sample.version)
+        return sample._replace(stale=stale)
+
+
 def _summarise(run: AttackRun, samples: list[Sample], wall_s: float) -> None:
-    counts = Counter(sample.outcome for sample in samples)
+    reads = [sample for sample in samples if sample.outcome == READ]
+    deductions = [sample for sample in samples if sample.outcome != READ]
+    counts = Counter(sample.outcome for sample in deductions)
     for outcome in Outcome:
         setattr(run, outcome.value, counts.get(outcome.value, 0))
     run.rate_limited = counts.get("rate_limited", 0)
     run.unavailable = counts.get("unavailable", 0)
-    latencies = sorted(sample.latency_s * 1000 for sample in samples)
-    lock_waits = sorted(s.lock_wait_s * 1000 for s in samples if s.lock_wait_s is not None)
+    latencies = sorted(sample.latency_s * 1000 for sample in deductions)
+    lock_waits = sorted(s.lock_wait_s * 1000 for s in deductions if s.lock_wait_s is not None)
     run.requests = len(samples)
     run.tps = len(samples) / wall_s if wall_s > 0 else None
     run.p50_ms, run.p99_ms = percentile(latencies, 0.50), percentile(latencies, 0.99)
     run.lock_wait_p99_ms = percentile(lock_waits, 0.99)
-    run.retries = sum(sample.retries for sample in samples)
+    run.retries = sum(sample.retries for sample in deductions)
+    run.reads = len(reads)
+    run.cache_hit_rate = sum(s.source == CACHE for s in reads) / len(reads) if reads else None
+    run.stale_reads = sum(s.stale for s in reads)
+    read_latencies = sorted(sample.latency_s * 1000 for sample in reads)
+    run.read_p50_ms, run.read_p99_ms = percentile(read_latencies, 0.50), percentile(read_latencies, 0.99)
 
 
 @dataclass
@@ -138,12 +178,13 @@ class _Shared:
     done: multiprocessing.sharedctypes.Synchronized
     start: threading.Barrier
 
-    def claim(self) -> bool:
+    def claim(self) -> int | None:
+        """The number of the next request to send, or None when all are taken."""
         with self.claimed.get_lock():
             if self.claimed.value >= self.total:
-                return False
+                return None
             self.claimed.value += 1
-            return True
+            return self.claimed.value - 1
 
     def finished_one(self) -> None:
         with self.done.get_lock():
@@ -162,7 +203,9 @@ def _fire(
     )
     per_process = [len(range(i, plan.concurrency, plan.processes)) for i in range(plan.processes)]
 
-    def fire_one() -> Sample:
+    def send(index: int) -> Sample:
+        if plan.is_read(index):
+            return target.read(account_id=account_id)
         return target.fire(account_id=account_id, plan=plan, run_id=run_id)
 
     if plan.processes == 1:
@@ -170,7 +213,7 @@ def _fire(
 
         def run_here() -> None:
             try:
-                outcome["result"] = _run_workers(per_process[0], shared, fire_one, target)
+                outcome["result"] = _run_workers(per_process[0], shared, send, target)
             except BaseException as failure:  # noqa: BLE001 - re-raised in the calling thread below
                 outcome["failure"] = failure
 
@@ -187,12 +230,20 @@ def _fire(
     connections.close_all()
     results = context.Queue()
     children = [
-        context.Process(target=_child, args=(n, shared, fire_one, target, results), name=f"attack-{i}")
+        context.Process(target=_child, args=(n, shared, send, target, results), name=f"attack-{i}")
         for i, n in enumerate(per_process)
     ]
     for child in children:
         child.start()
-    _report_progress(shared, plan.requests, on_progress, alive=lambda: any(c.is_alive() for c in children))
+    # Until every request is answered, not until the children exit: a child cannot exit before
+    # the parent reads its results from the queue's pipe (64 KiB), so waiting for the exit would
+    # deadlock any run whose samples outgrow the pipe (e.g. --requests 4000 --processes 2).
+    _report_progress(
+        shared,
+        plan.requests,
+        on_progress,
+        alive=lambda: shared.done.value < plan.requests and any(c.is_alive() for c in children),
+    )
     messages = _collect(results, children)
     for child in children:
         child.join()
@@ -217,16 +268,16 @@ def _collect(results, children: list) -> list:
     return messages
 
 
-def _child(threads: int, shared: _Shared, fire_one: Callable[[], Sample], target: Target, results) -> None:
+def _child(threads: int, shared: _Shared, send: Callable[[int], Sample], target: Target, results) -> None:
     try:
-        samples, first_start, last_end = _run_workers(threads, shared, fire_one, target)
+        samples, first_start, last_end = _run_workers(threads, shared, send, target)
         results.put(("result", ([tuple(s) for s in samples], first_start, last_end)))
     except BaseException:  # noqa: BLE001 - reported to the parent, which raises it
         results.put(("failure", traceback.format_exc()))
 
 
 def _run_workers(
-    threads: int, shared: _Shared, fire_one: Callable[[], Sample], target: Target
+    threads: int, shared: _Shared, send: Callable[[int], Sample], target: Target
 ) -> tuple[list[Sample], float, float]:
     """Run `threads` workers in this process; return their samples and the time span."""
     samples: list[Sample] = []
@@ -236,11 +287,12 @@ def _run_workers(
 
     def worker() -> None:
         mine: list[Sample] = []
+        client = ClientView()
         try:
             shared.start.wait()
             started = time.perf_counter()
-            while shared.claim():
-                mine.append(fire_one())
+            while (index := shared.claim()) is not None:
+                mine.append(client.observe(send(index)))
                 shared.finished_one()
             ended = time.perf_counter()
             with lock:

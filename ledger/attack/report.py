@@ -24,10 +24,17 @@ REPORT_KEYS = [
     "expected_balance",
     "actual_balance",
     "balance_loss",
+    "reads",
+    "cache_hit_rate",
+    "stale_reads",
+    "read_p50_ms",
+    "read_p99_ms",
 ]
 
-# Rows of the terminal table: (label, report key). HTTP_ONLY rows are shown for HTTP runs.
+# Rows of the terminal table: (label, report key). HTTP_ONLY rows are shown for HTTP runs,
+# READS_ONLY rows for runs with balance reads (--read-ratio).
 HTTP_ONLY = {"rate_limited", "unavailable"}
+READS_ONLY = {"reads", "cache_hit_rate", "stale_reads", "read_p50_ms", "read_p99_ms"}
 TABLE_ROWS = [
     ("requests", "requests"),
     ("succeeded", "succeeded"),
@@ -45,6 +52,11 @@ TABLE_ROWS = [
     ("expected balance", "expected_balance"),
     ("actual balance", "actual_balance"),
     ("balance loss", "balance_loss"),
+    ("reads", "reads"),
+    ("cache hit rate", "cache_hit_rate"),
+    ("stale reads", "stale_reads"),
+    ("read p50 ms", "read_p50_ms"),
+    ("read p99 ms", "read_p99_ms"),
 ]
 
 
@@ -64,12 +76,19 @@ def run_report(run: AttackRun) -> dict:
 
 def table_rows(reports: list[dict]) -> list[tuple[str, str]]:
     over_http = any(report["target"] != AttackRun.IN_PROCESS for report in reports)
-    return [(label, key) for label, key in TABLE_ROWS if over_http or key not in HTTP_ONLY]
+    with_reads = any(report["reads"] for report in reports)
+    return [
+        (label, key)
+        for label, key in TABLE_ROWS
+        if (over_http or key not in HTTP_ONLY) and (with_reads or key not in READS_ONLY)
+    ]
 
 
 def format_value(key: str, value: object) -> str:
     if value is None:
         return "–"
+    if key == "cache_hit_rate":
+        return f"{value:.1%}"
     if isinstance(value, float):
         return f"{value:,.0f}" if key == "tps" else f"{value:,.1f}"
     if isinstance(value, int):

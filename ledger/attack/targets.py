@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from django.db import connection
 from django.db.models import Sum
 
-from ledger import services
+from ledger import selectors, services
 from ledger.errors import AccountNotFound
 from ledger.models import Account, AttackRun, DeductionAttempt, Outcome
 from strategies import registry
@@ -18,13 +18,20 @@ if TYPE_CHECKING:
     from ledger.attack.engine import AttackPlan
 
 
+READ = "read"  # Sample.outcome of a balance read
+
+
 class Sample(NamedTuple):
     """One request as the attacking client saw it."""
 
-    outcome: str  # an Outcome value, or "rate_limited" / "unavailable" over HTTP
+    outcome: str  # an Outcome value, READ for a balance read, or "rate_limited" / "unavailable" over HTTP
     latency_s: float
     retries: int
     lock_wait_s: float | None
+    # The version the client saw committed: a read's, or a succeeded deduction's version_after.
+    version: int | None = None
+    source: str | None = None  # reads: where the balance came from (ledger.balance_cache.CACHE, ...)
+    stale: bool = False  # reads: older than a version this client had already seen committed
 
 
 class Target(Protocol):
@@ -41,6 +48,9 @@ class Target(Protocol):
 
     def fire(self, *, account_id: int, plan: AttackPlan, run_id: int) -> Sample:
         """One deduction; called concurrently from worker threads."""
+
+    def read(self, *, account_id: int) -> Sample:
+        """One balance read (outcome READ, with the version and source it saw); called concurrently."""
 
     def worker_finished(self) -> None:
         """Called by each worker thread when it stops (release per-thread resources)."""
@@ -86,7 +96,13 @@ class InProcessTarget:
             attack_run_id=run_id,
         )
         lock_wait_s = None if attempt.lock_wait_us is None else attempt.lock_wait_us / 1_000_000
-        return Sample(attempt.outcome, time.perf_counter() - started, attempt.retries, lock_wait_s)
+        version = attempt.version_after if attempt.outcome == Outcome.SUCCEEDED else None
+        return Sample(attempt.outcome, time.perf_counter() - started, attempt.retries, lock_wait_s, version)
+
+    def read(self, *, account_id: int) -> Sample:
+        started = time.perf_counter()
+        seen = selectors.balance(account_id=account_id)
+        return Sample(READ, time.perf_counter() - started, 0, None, seen.version, seen.source)
 
     def worker_finished(self) -> None:
         connection.close()

@@ -63,6 +63,21 @@ def test_table_shows_every_strategy_and_the_loss_row():
     call_command("attack", "--mode", "pessimistic", "--requests", "20", "--concurrency", "2", stdout=out)
     table = out.getvalue()
     assert "pessimistic" in table and "balance loss" in table and "TPS" in table
+    assert "cache hit rate" not in table  # no reads, no read rows
+
+
+@pytest.mark.django_db(transaction=True)
+def test_read_ratio_reports_reads_hit_rate_and_stale_reads():
+    [run] = attack_json("--mode", "atomic", "--requests", "40", "--concurrency", "4", "--read-ratio", "0.5")
+    assert (run["reads"], run["succeeded"], run["stale_reads"]) == (20, 20, 0)
+    assert 0 < run["cache_hit_rate"] <= 1
+    out = StringIO()
+    call_command(
+        "attack", "--mode", "atomic", "--requests", "20", "--concurrency", "2", "--read-ratio", "0.9", stdout=out
+    )
+    table = " ".join(out.getvalue().split())  # the title wraps over a single strategy's narrow table
+    assert "90% balance reads" in table
+    assert all(row in table for row in ("reads", "cache hit rate", "stale reads", "read p99 ms"))
 
 
 def run_manage(*args: str) -> subprocess.CompletedProcess:
@@ -86,6 +101,8 @@ def run_manage(*args: str) -> subprocess.CompletedProcess:
         (["--requests", "many"], "invalid int value: 'many'"),
         (["--processes", "8", "--concurrency", "2"], "--processes: must be an integer from 1 to 2"),
         (["--mode", "all", "--account", "1"], "--account: cannot be combined with --mode all"),
+        (["--read-ratio", "2"], "--read-ratio: must be a number from 0 to 1"),
+        (["--read-ratio", "half"], "invalid float value: 'half'"),
     ],
 )
 def test_bad_input_gives_one_readable_line_and_a_non_zero_exit(args, message):

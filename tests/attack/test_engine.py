@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.attack.engine import AttackPlan, percentile, run_attack
+from ledger.attack.engine import AttackPlan, ClientView, percentile, run_attack
+from ledger.attack.targets import READ, Sample
 from ledger.errors import InvalidRequest, UnknownStrategy
 from ledger.models import AttackRun, DeductionAttempt, Outcome
 
@@ -51,6 +52,10 @@ def test_existing_account_attack_measures_from_its_current_balance(make_account)
         ({"amount": -1}, "amount"),
         ({"balance": -1}, "balance"),
         ({"think_ms": 5_000}, "think_ms"),
+        ({"read_ratio": 1.5}, "read_ratio"),
+        ({"read_ratio": -0.1}, "read_ratio"),
+        ({"read_ratio": float("nan")}, "read_ratio"),
+        ({"read_ratio": True}, "read_ratio"),
     ],
 )
 def test_bad_plans_are_refused_before_anything_runs(changes, field):
@@ -76,3 +81,42 @@ def test_percentile_is_nearest_rank():
 
 def test_outcome_counts_cover_every_outcome():
     assert {o.value for o in Outcome} <= {f.name for f in AttackRun._meta.get_fields()}
+
+
+@pytest.mark.parametrize(("ratio", "requests", "reads"), [(0, 400, 0), (0.9, 400, 360), (0.5, 7, 3), (1, 50, 50)])
+def test_read_ratio_makes_exactly_that_share_of_requests_reads(ratio, requests, reads):
+    plan = AttackPlan(strategy="atomic", requests=requests, read_ratio=ratio)
+    pattern = [plan.is_read(i) for i in range(requests)]
+    assert sum(pattern) == reads
+    if 0 < ratio < 1:
+        assert not all(pattern[: requests // 2]) and any(pattern[requests // 2 :])  # spread, not bunched
+
+
+def test_a_read_older_than_what_the_same_client_saw_committed_is_stale():
+    client = ClientView()
+    wrote = client.observe(Sample(Outcome.SUCCEEDED, 0.0, 0, None, 5))
+    fresh = client.observe(Sample(READ, 0.0, 0, None, 5, "cache"))
+    newer = client.observe(Sample(READ, 0.0, 0, None, 8, "cache"))
+    older = client.observe(Sample(READ, 0.0, 0, None, 7, "cache"))
+    refused = client.observe(Sample(Outcome.INSUFFICIENT_FUNDS, 0.0, 0, None))
+    assert [s.stale for s in (wrote, fresh, newer, older, refused)] == [False, False, False, True, False]
+    assert ClientView().observe(Sample(READ, 0.0, 0, None, 0, "cache")).stale is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_read_mix_counts_reads_apart_from_the_deductions():
+    run = run_attack(AttackPlan(strategy="atomic", requests=100, concurrency=4, amount=10, read_ratio=0.9))
+    assert (run.requests, run.reads, run.succeeded) == (100, 90, 10)
+    assert run.stale_reads == 0 and 0 < run.cache_hit_rate <= 1
+    assert run.read_p50_ms <= run.read_p99_ms and run.p50_ms <= run.p99_ms
+    assert DeductionAttempt.objects.filter(attack_run=run).count() == 10
+    assert run.parameters["read_ratio"] == 0.9
+
+
+@pytest.mark.django_db(transaction=True)
+def test_processes_whose_results_outgrow_the_queue_pipe_still_report():
+    # 2 × 2,000 samples pickle to more than a pipe's 64 KiB: the parent must read them before
+    # waiting for the children to exit (it used to wait first, and both sides waited forever).
+    plan = AttackPlan(strategy="atomic", requests=4_000, concurrency=4, processes=2, read_ratio=1)
+    run = run_attack(plan)
+    assert (run.requests, run.reads, run.stale_reads) == (4_000, 4_000, 0)

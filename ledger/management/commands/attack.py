@@ -33,6 +33,12 @@ class Command(LedgerCommand):
         parser.add_argument("--balance", type=int, default=defaults.balance, help="Opening balance, minor units.")
         parser.add_argument("--think-ms", type=int, default=defaults.think_ms, help="Delay between read and write.")
         parser.add_argument("--account", type=int, help="Attack this existing account instead of a fresh one.")
+        parser.add_argument(
+            "--read-ratio",
+            type=float,
+            default=defaults.read_ratio,
+            help="Share of the requests (0-1) that read the balance (cached) instead of deducting.",
+        )
         parser.add_argument("--json", action="store_true", help='Print {"runs": [...]} instead of a table.')
         parser.add_argument("--url", help="Attack the HTTP API of a running server (e.g. http://127.0.0.1:8000).")
         parser.add_argument(
@@ -60,6 +66,7 @@ class Command(LedgerCommand):
                 balance=options["balance"],
                 think_ms=options["think_ms"],
                 account_id=options["account"],
+                read_ratio=options["read_ratio"],
             )
             for name in strategies
         ]
@@ -99,20 +106,21 @@ class Command(LedgerCommand):
 
     def render(self, reports: list[dict], plan: AttackPlan) -> None:
         console = Console(file=self.stdout._out, width=max(110, 24 + 14 * len(reports)))
-        table = Table(
-            title=(
-                f"{plan.requests} deductions of {plan.amount} · concurrency {plan.concurrency}"
-                f" · {plan.processes} process(es) · think {plan.think_ms} ms"
-                + ("" if reports[0]["target"] == AttackRun.IN_PROCESS else f" · {reports[0]['target']}")
-            ),
-            caption="balance loss = expected − actual: non-zero is money the ledger lost track of",
-        )
+        requests = f"{plan.requests} deductions of {plan.amount}"
+        captions = ["balance loss = expected − actual: non-zero is money the ledger lost track of"]
+        if plan.read_ratio:
+            requests = f"{plan.requests} requests ({plan.read_ratio:.0%} balance reads, deductions of {plan.amount})"
+            captions.append("stale read = older than a version the same worker had already seen committed")
+        title = f"{requests} · concurrency {plan.concurrency} · {plan.processes} process(es) · think {plan.think_ms} ms"
+        if reports[0]["target"] != AttackRun.IN_PROCESS:
+            title += f" · {reports[0]['target']}"
+        table = Table(title=title, caption="\n".join(captions))
         table.add_column("")
         for report in reports:
             table.add_column(report["strategy"], justify="right")
         for label, key in table_rows(reports):
             cells = [format_value(key, report[key]) for report in reports]
-            if key == "balance_loss":
+            if key in ("balance_loss", "stale_reads"):
                 cells = [
                     f"[bold red]{c}[/]" if r[key] else f"[bold green]{c}[/]"
                     for c, r in zip(cells, reports, strict=True)
