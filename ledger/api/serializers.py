@@ -45,7 +45,10 @@ class BalanceSerializer(serializers.Serializer):
     account_id = serializers.IntegerField()
     balance = serializers.IntegerField(help_text="Minor units.")
     version = serializers.IntegerField(help_text="Grows by one with every balance change.")
-    source = serializers.CharField(help_text='Where the value came from: "database" (a cache layer adds others).')
+    source = serializers.CharField(
+        help_text='Where the value came from: "cache", "database" (a miss, or the cache is off) or "fallback" '
+        "(Redis unavailable: read from the database)."
+    )
 
 
 class DeductionRequestSerializer(serializers.Serializer):
@@ -105,7 +108,8 @@ class RunSerializer(serializers.ModelSerializer):
             "id", "strategy", "target", "parameters", "account", "status", "started_at", "finished_at",
             "requests", "succeeded", "insufficient_funds", "conflict", "lock_timeout", "error", "rate_limited",
             "unavailable", "tps", "p50_ms", "p99_ms", "retries", "lock_wait_p99_ms", "initial_balance",
-            "expected_balance", "actual_balance", "balance_loss", "failure",
+            "expected_balance", "actual_balance", "balance_loss", "reads", "cache_hit_rate", "stale_reads",
+            "read_p50_ms", "read_p99_ms", "failure",
         ]  # fmt: skip
         read_only_fields = fields
 

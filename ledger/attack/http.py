@@ -10,7 +10,7 @@ import uuid
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
 
-from ledger.attack.targets import Sample, fresh_account_name
+from ledger.attack.targets import READ, Sample, fresh_account_name
 from ledger.errors import AccountNotFound, InvalidRequest, UnknownStrategy
 from ledger.models import AttackRun, Outcome
 
@@ -94,12 +94,28 @@ class HttpTarget:
                 return Sample(Outcome.ERROR.value, answer.latency_s, 0, None)
             raise self._refused(answer, "POST deductions")  # a client mistake: stop, say which
         lock_wait_ms = answer.body.get("lock_wait_ms")
+        succeeded = answer.body["outcome"] == Outcome.SUCCEEDED
         return Sample(
             answer.body["outcome"],
             answer.latency_s,
             answer.body.get("retries", 0),
             None if lock_wait_ms is None else lock_wait_ms / 1000,
+            answer.body.get("version_after") if succeeded else None,
         )
+
+    def read(self, *, account_id: int) -> Sample:
+        """GET /api/accounts/{id}/balance/: the version and source the client saw."""
+        try:
+            answer = self._send("GET", f"/api/accounts/{account_id}/balance/")
+        except OSError:
+            return Sample(Outcome.ERROR.value, 0.0, 0, None)
+        if answer.status in TRANSPORT_OUTCOMES:
+            return Sample(TRANSPORT_OUTCOMES[answer.status], answer.latency_s, 0, None)
+        if answer.status >= 500:
+            return Sample(Outcome.ERROR.value, answer.latency_s, 0, None)
+        if answer.status != 200:
+            raise self._refused(answer, "GET balance")
+        return Sample(READ, answer.latency_s, 0, None, answer.body["version"], answer.body["source"])
 
     def worker_finished(self) -> None:
         connection = getattr(self._local, "connection", None)

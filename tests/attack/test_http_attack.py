@@ -61,6 +61,17 @@ def test_every_strategy_over_http_and_no_loss_for_the_correct_ones(live_server):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_reads_over_http_carry_their_version_and_source_and_are_never_stale(live_server):
+    [run] = attack_json(
+        "--url", live_server.url, "--mode", "atomic", "--requests", "100", "--concurrency", "4",
+        "--read-ratio", "0.8", "--balance", "100000",
+    )  # fmt: skip
+    assert run["reads"] == 80 and run["succeeded"] == 20
+    assert run["stale_reads"] == 0 and run["balance_loss"] == 0
+    assert run["cache_hit_rate"] > 0  # reads after the first fill come from the cache, over HTTP too
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_table_shows_the_http_columns(live_server):
     out = StringIO()
     call_command("attack", "--url", live_server.url, "--mode", "atomic", "--requests", "10", "--concurrency", "2",
