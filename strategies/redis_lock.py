@@ -19,6 +19,9 @@ def lock_key(account_id: int) -> str:
     return f"ledger:account-lock:{account_id}"
 
 
+MIN_BLOCK_S = 0.01
+
+
 class WakeUpLock(Lock):
     """redis-py's Lock (SET NX PX with a random token, atomic check-and-delete release)
     whose waiters block on a Redis list instead of sleeping between tries.
@@ -58,8 +61,9 @@ class WakeUpLock(Lock):
             remaining = give_up_at - time.monotonic()
             if remaining <= 0:
                 return False
-            # BLPOP's timeout 0 means forever: always pass a positive one.
-            self.redis.blpop([self.wake_key], timeout=max(0.001, min(self.sleep, remaining)))
+            # BLPOP's timeout 0 means forever, and Redis 6.2 (the embedded server) also blocks
+            # forever on one of 1 ms (measured): never ask for less than 10 ms.
+            self.redis.blpop([self.wake_key], timeout=max(MIN_BLOCK_S, min(self.sleep, remaining)))
         self.local.token = token
         return True
 

@@ -149,3 +149,24 @@ def test_wakeup_lock_refuses_to_release_a_lock_it_no_longer_owns():
     with pytest.raises(LockNotOwnedError):
         lock.release()
     assert not get_redis_connection().exists(lock.wake_key)  # nobody is woken for a lock it did not hold
+
+
+def test_wakeup_lock_gives_up_on_time_even_when_almost_no_wait_is_left():
+    """A last BLPOP of ~1 ms blocked forever on Redis 6.2; every wait must end by its deadline."""
+    holder = make_wakeup_lock("test:short-waits", retry_s=0.05)
+    assert holder.acquire()
+    results = []
+
+    def try_briefly() -> None:
+        for wait_s in (0.001, 0.005, 0.011, 0.02, 0.051, 0.1):
+            waiter = redis_lock.WakeUpLock(
+                get_redis_connection(), holder.name, timeout=10, sleep=0.05, blocking_timeout=wait_s
+            )
+            results.append(waiter.acquire())
+
+    thread = threading.Thread(target=try_briefly)
+    thread.start()
+    thread.join(10)  # a hung BLPOP would block for the socket timeout per try
+    holder.release()
+    assert not thread.is_alive(), "a wait outlived its deadline"
+    assert results == [False] * 6
