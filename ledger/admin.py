@@ -145,7 +145,7 @@ class InstanceFilter(admin.SimpleListFilter):
         return queryset.filter(instance_id=self.value()) if self.value() else queryset
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnly:
     """Audit records: viewable, never added, changed or deleted from the admin."""
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -156,6 +156,26 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(ReadOnly, admin.ModelAdmin):
+    pass
+
+
+class AttemptColumns:
+    """Columns an attempt shows wherever it is listed (its own changelist, an account's inline)."""
+
+    @admin.display(description="outcome", ordering="outcome")
+    def badge(self, obj: DeductionAttempt) -> str:
+        return outcome_badge(obj.outcome)
+
+    @admin.display(description="balance before → after")
+    def balances(self, obj: DeductionAttempt) -> str:
+        return arrow(obj.balance_before, obj.balance_after)
+
+    @admin.display(description="version before → after")
+    def versions(self, obj: DeductionAttempt) -> str:
+        return arrow(obj.version_before, obj.version_after)
 
 
 class RecentAttemptsFormSet(BaseInlineFormSet):
@@ -170,7 +190,7 @@ class RecentAttemptsFormSet(BaseInlineFormSet):
         return self._recent
 
 
-class RecentAttemptsInline(admin.TabularInline):
+class RecentAttemptsInline(ReadOnly, AttemptColumns, admin.TabularInline):
     model = DeductionAttempt
     formset = RecentAttemptsFormSet
     verbose_name_plural = f"recent attempts (the last {RecentAttemptsFormSet.shown})"
@@ -180,32 +200,11 @@ class RecentAttemptsInline(admin.TabularInline):
     extra = 0
     show_change_link = False
 
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
     @admin.display(description="attempt")
     def attempt_link(self, obj: DeductionAttempt) -> str:
         return format_html(
             '<a href="{}">#{}</a>', reverse("admin:ledger_deductionattempt_change", args=[obj.pk]), obj.pk
         )
-
-    @admin.display(description="outcome")
-    def badge(self, obj: DeductionAttempt) -> str:
-        return outcome_badge(obj.outcome)
-
-    @admin.display(description="balance")
-    def balances(self, obj: DeductionAttempt) -> str:
-        return arrow(obj.balance_before, obj.balance_after)
-
-    @admin.display(description="version")
-    def versions(self, obj: DeductionAttempt) -> str:
-        return arrow(obj.version_before, obj.version_after)
 
 
 @admin.register(Account)
@@ -324,7 +323,7 @@ class AccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(DeductionAttempt)
-class DeductionAttemptAdmin(ReadOnlyAdmin):
+class DeductionAttemptAdmin(AttemptColumns, ReadOnlyAdmin):
     list_display = [
         "id", "badge", "strategy", "amount", "balances", "versions", "retries", "lock_wait", "duration",
         "instance_id", "account_name", "run", "started_at",
@@ -363,18 +362,6 @@ class DeductionAttemptAdmin(ReadOnlyAdmin):
         if not term:
             return queryset, False
         return queryset.filter(request_id=term) | queryset.filter(idempotency_key=term), False
-
-    @admin.display(description="outcome", ordering="outcome")
-    def badge(self, obj: DeductionAttempt) -> str:
-        return outcome_badge(obj.outcome)
-
-    @admin.display(description="balance before → after")
-    def balances(self, obj: DeductionAttempt) -> str:
-        return arrow(obj.balance_before, obj.balance_after)
-
-    @admin.display(description="version before → after")
-    def versions(self, obj: DeductionAttempt) -> str:
-        return arrow(obj.version_before, obj.version_after)
 
     @admin.display(description="lock wait")
     def lock_wait(self, obj: DeductionAttempt) -> str:

@@ -11,6 +11,7 @@ from django.core.cache import cache
 from django.test import override_settings
 
 from ledger import balance_cache, services
+from ledger.api.breaker import database_breaker
 from ledger.models import Account
 
 
@@ -35,12 +36,13 @@ def isolated_redis():
 
 
 @pytest.fixture(autouse=True)
-def empty_balance_cache(isolated_redis):
-    """Every test starts with an empty cache and no process-local cache state: account ids can
-    come back in a later test (SQLite reuses a rolled-back id), and a balance cached for one
-    test's account must never answer for another's."""
+def clean_redis_state(isolated_redis):
+    """Every test starts with an empty test Redis db and no process-local state built on it:
+    cached balances (account ids come back in a later test: SQLite reuses a rolled-back id),
+    rate-limit windows and the circuit breaker's state."""
     cache.clear()
     balance_cache.reset()
+    database_breaker.cache_clear()
 
 
 @pytest.fixture

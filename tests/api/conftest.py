@@ -6,22 +6,10 @@ import time
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django_ratelimit.core import _get_window, _split_rate
 from rest_framework.test import APIClient
 
-from ledger.api.breaker import database_breaker
 from ledger.api.tokens import ensure_token
-
-
-@pytest.fixture(autouse=True)
-def clean_redis():
-    """Rate-limit counters and the breaker's state live in Redis and would leak between tests."""
-    cache.clear()
-    database_breaker.cache_clear()
-    yield
-    cache.clear()
-    database_breaker.cache_clear()
 
 
 def token_client(username: str) -> APIClient:

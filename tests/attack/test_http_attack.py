@@ -8,7 +8,6 @@ import threading
 from io import StringIO
 
 import pytest
-from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -22,15 +21,6 @@ from strategies import registry
 from tests.api.conftest import user_with_a_long_window
 
 CORRECT = [s.name for s in registry.all_strategies() if s.safe_across_processes]
-
-
-@pytest.fixture(autouse=True)
-def clean_redis():
-    cache.clear()
-    database_breaker.cache_clear()
-    yield
-    cache.clear()
-    database_breaker.cache_clear()
 
 
 def attack_json(*args: str) -> list[dict]:
