@@ -280,8 +280,9 @@ LOGGING.setdefault("loggers", {})["django.request"] = {"level": os.environ.get("
 
 # --- Metrics (issue 5): django-prometheus, who may read /metrics, the balance-loss refresh -------
 # Request/response, database and cache metrics come from django-prometheus: its middleware around
-# everything else, its database wrappers (same vendors, every query counted and timed) and its
-# django-redis cache subclass. Our own metrics: ledger/metrics.py. README: "Observability".
+# everything else, its database wrappers (same vendors, every query counted and timed; with a
+# cheaper cursor, project/db_backends) and its django-redis cache subclass. Our own metrics:
+# ledger/metrics.py. README: "Observability".
 INSTALLED_APPS += ["django_prometheus"]
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
@@ -289,8 +290,8 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 _PROMETHEUS_ENGINES = {
-    "django.db.backends.mysql": "django_prometheus.db.backends.mysql",
-    "django.db.backends.sqlite3": "django_prometheus.db.backends.sqlite3",
+    "django.db.backends.mysql": "project.db_backends.mysql",
+    "django.db.backends.sqlite3": "project.db_backends.sqlite3",
 }
 DATABASES["default"]["ENGINE"] = _PROMETHEUS_ENGINES.get(DATABASES["default"]["ENGINE"], DATABASES["default"]["ENGINE"])
 CACHES["default"]["BACKEND"] = "django_prometheus.cache.backends.redis.RedisCache"
