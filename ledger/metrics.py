@@ -216,11 +216,11 @@ def refresh_balance_loss() -> dict | None:
     lock = cache.lock(AUDIT_REFRESH_LOCK, timeout=max(interval, 60))
     if not lock.acquire(blocking=False):
         return report  # another process is auditing: serve the last result meanwhile
-    try:
-        audit_and_publish()
-    finally:
-        with contextlib.suppress(LockError):  # an audit longer than the lock's TTL lost it: harmless
-            lock.release()
+    # If the audit fails (database down), the lock stays until its TTL ends: the fleet then retries
+    # once per TTL, not at every scrape of every instance.
+    audit_and_publish()
+    with contextlib.suppress(LockError):  # an audit longer than the lock's TTL lost it: harmless
+        lock.release()
     return cache.get(AUDIT_KEY)
 
 

@@ -17,7 +17,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.cache import cache
 from django.core.management import CommandError, call_command
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, Sum
 from prometheus_client import REGISTRY
 
@@ -236,6 +236,22 @@ def test_an_audit_of_some_accounts_does_not_replace_the_fleet_wide_figures(make_
     call_command("audit", "--account", str(account.pk))
     assert cache.get(metrics.AUDIT_KEY) is None
     assert metrics.refresh_balance_loss() is None
+
+
+@pytest.mark.django_db
+def test_a_failing_audit_is_retried_once_per_lock_ttl_not_at_every_scrape(client, monkeypatch, caplog):
+    calls = []
+
+    def database_down(**kwargs):
+        calls.append(1)
+        raise OperationalError(2003, "Can't connect to MySQL server")
+
+    monkeypatch.setattr(services, "audit", database_down)
+    first, second = scrape(client), scrape(client)
+    assert calls == [1]  # the second scrape found the refresh lock still taken
+    assert "ledger_balance_loss_minor_units" not in first and "ledger_audit_timestamp_seconds" not in second
+    assert "ledger_circuit_breaker_state" in second  # the rest of the scrape still answers
+    assert "balance loss not refreshed" in caplog.text
 
 
 @pytest.mark.django_db
