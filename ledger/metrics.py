@@ -23,10 +23,12 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, ParamSpec
 
+from django import db
 from django.conf import settings
 from django.core.cache import cache
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -183,6 +185,7 @@ def exposition() -> bytes:
 
 AUDIT_KEY = "ledger:metrics:balance-loss"
 AUDIT_REFRESH_LOCK = "ledger:metrics:balance-loss-refresh"
+AUDIT_THREAD = "balance-loss-audit"
 
 
 def audit_and_publish() -> list[AuditLine]:
@@ -207,21 +210,40 @@ def audit_and_publish() -> list[AuditLine]:
 
 
 def refresh_balance_loss() -> dict | None:
-    """The stored audit report; first a new audit if it is older than METRICS_AUDIT_INTERVAL_S and
-    no other process is making one (a Redis lock: at most one audit per interval, fleet-wide)."""
+    """The stored audit report. If it is older than METRICS_AUDIT_INTERVAL_S and no other process
+    is auditing (a Redis lock: at most one audit per interval, fleet-wide), a new audit starts: in
+    a thread of its own, so that a scrape never waits for it (it takes seconds on millions of
+    attempts) and the next scrape shows it; only when nothing is stored yet does this scrape wait."""
     report = cache.get(AUDIT_KEY)
     interval = settings.METRICS_AUDIT_INTERVAL_S
     if interval <= 0 or (report is not None and time.time() - report["audited_at"] < interval):
         return report
-    lock = cache.lock(AUDIT_REFRESH_LOCK, timeout=max(interval, 60))
+    # Not thread-local: the audit's thread releases what this thread acquired.
+    lock = cache.lock(AUDIT_REFRESH_LOCK, timeout=max(interval, 60), thread_local=False)
     if not lock.acquire(blocking=False):
         return report  # another process is auditing: serve the last result meanwhile
+    if report is None:
+        _audit_and_release(lock)
+        return cache.get(AUDIT_KEY)
+    threading.Thread(target=_audit_in_thread, args=(lock,), name=AUDIT_THREAD, daemon=True).start()
+    return report
+
+
+def _audit_and_release(lock) -> None:
     # If the audit fails (database down), the lock stays until its TTL ends: the fleet then retries
     # once per TTL, not at every scrape of every instance.
     audit_and_publish()
     with contextlib.suppress(LockError):  # an audit longer than the lock's TTL lost it: harmless
         lock.release()
-    return cache.get(AUDIT_KEY)
+
+
+def _audit_in_thread(lock) -> None:
+    try:
+        _audit_and_release(lock)
+    except Exception:  # nobody waits for this thread: say why the figures are getting old
+        logger.exception("balance loss not refreshed for /metrics")
+    finally:
+        db.connection.close()  # this thread's own connection
 
 
 class SharedStateCollector:

@@ -229,6 +229,23 @@ def test_metrics_export_the_balance_loss_of_an_audit_that_scrapes_refresh_at_mos
     assert refreshed["ledger_audit_timestamp_seconds"][()] > audited_at
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_audit_is_served_at_once_while_a_new_one_runs_in_the_background(client, make_account, settings):
+    settings.METRICS_AUDIT_INTERVAL_S = 60
+    lose_money_with_no_lock(make_account(balance=1_000))
+    stale = {"audited_at": time.time() - 3600, "duration_s": 0.1, "accounts": 0, "groups": []}
+    cache.set(metrics.AUDIT_KEY, stale, timeout=None)
+
+    answered = scrape(client)  # does not wait for the audit it starts
+    assert answered["ledger_audit_timestamp_seconds"][()] == stale["audited_at"]
+    # The thread's audit lands in Redis when it is done (the thread may already have ended).
+    wait_for(lambda: cache.get(metrics.AUDIT_KEY)["audited_at"] != stale["audited_at"], timeout=30)
+    refreshed = scrape(client)
+    assert refreshed["ledger_audit_timestamp_seconds"][()] > stale["audited_at"]
+    assert refreshed["ledger_balance_loss_minor_units"][(("safe", "false"), ("strategy", "no-lock"))] == -100
+    wait_for(lambda: cache.lock(metrics.AUDIT_REFRESH_LOCK).acquire(blocking=False))  # and released the lock
+
+
 @pytest.mark.django_db
 def test_an_audit_of_some_accounts_does_not_replace_the_fleet_wide_figures(make_account, settings):
     settings.METRICS_AUDIT_INTERVAL_S = 0  # only `manage.py audit` refreshes
