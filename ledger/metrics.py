@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import logging
 import os
 import threading
@@ -159,12 +160,32 @@ def scope() -> str:
     return "this process only (PROMETHEUS_MULTIPROC_DIR is not set)"
 
 
+class InstanceCollector(MultiProcessCollector):
+    """prometheus_client's multiprocess collector, minus the files no worker has sized yet.
+
+    A worker creates each of its files and only then gives it its size, so a scrape at that moment
+    finds 0 bytes and prometheus_client 0.26 fails the whole scrape (struct.error); a worker killed
+    at that moment leaves the empty file for good (client_python issue #1199, fixed by an unmerged
+    pull request). An empty file holds no value yet: leaving it out loses nothing.
+    """
+
+    def collect(self):
+        return self.merge([path for path in glob.glob(os.path.join(self._path, "*.db")) if _sized(path)])
+
+
+def _sized(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False  # removed meanwhile (a dead worker's live gauges)
+
+
 def instance_registry() -> CollectorRegistry:
     """This instance's metrics: every worker's files summed under gunicorn, else this process's."""
     if not multiprocess():
         return REGISTRY
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    InstanceCollector(registry)
     return registry
 
 

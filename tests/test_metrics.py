@@ -7,6 +7,7 @@ Across gunicorn workers and instances: tests/deploy/test_metrics_gunicorn.py and
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import threading
@@ -20,6 +21,8 @@ from django.core.management import CommandError, call_command
 from django.db import OperationalError, connection, transaction
 from django.db.models import Count, Sum
 from prometheus_client import REGISTRY
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from ledger import metrics, selectors, services
 from ledger.attack.engine import AttackPlan, run_attack
@@ -334,3 +337,14 @@ def test_a_malformed_allowed_network_stops_the_start(tmp_path):
         timeout=60,
     )
     assert result.returncode != 0 and "METRICS_ALLOWED_NETWORKS" in result.stderr
+
+
+def test_a_worker_file_not_sized_yet_does_not_fail_the_scrape(tmp_path):
+    written = MmapedDict(str(tmp_path / "counter_111.db"))
+    written.write_value(mmap_key("ledger_x", "ledger_x_total", (), (), "x"), 5.0, 0.0)
+    written.close()
+    (tmp_path / "counter_222.db").touch()  # created by a worker that has not sized it yet
+    (family,) = metrics.InstanceCollector(None, path=str(tmp_path)).collect()
+    assert [(sample.name, sample.value) for sample in family.samples] == [("ledger_x_total", 5.0)]
+    with pytest.raises(struct.error):  # what prometheus_client's own collector does with it
+        list(MultiProcessCollector(None, path=str(tmp_path)).collect())
