@@ -17,7 +17,7 @@ The selector `ledger.selectors.balance` reads through here; nothing that moves m
   alone for `LEDGER_BALANCE_CACHE_RETRY_S`; writes never wait for Redis; a publish that failed is
   kept and retried by this process before it next uses the cache.
 
-Every outcome is counted in one place, `count()`, where the metrics issue hooks its counters.
+Every outcome is counted in one place, `count()` (also the `ledger_balance_cache_events_total` metric).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django_redis import get_redis_connection
 from redis.exceptions import LockError, RedisError
+
+from ledger import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +59,15 @@ class CacheEvent(StrEnum):
 
 _counts: Counter[CacheEvent] = Counter()
 _counts_lock = threading.Lock()
+# Created at 0 for every event, so that hit rates exist from the start.
+_metric = {event: metrics.BALANCE_CACHE_EVENTS.labels(event.value) for event in CacheEvent}
 
 
 def count(event: CacheEvent) -> None:
-    """The one place cache outcomes are counted (per process); metrics hook in here."""
+    """The one place cache outcomes are counted: per process here, and in Prometheus (ledger.metrics)."""
     with _counts_lock:
         _counts[event] += 1
+    _metric[event].inc()
 
 
 def counts() -> dict[str, int]:

@@ -6,15 +6,17 @@ import functools
 import os
 import socket
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
-from ledger import balance_cache
+from ledger import balance_cache, metrics
 from ledger.errors import AccountNotFound, DeductionRefused, InvalidRequest
 from ledger.models import Account, BalanceAdjustment, DeductionAttempt, Outcome
 from ledger.recording import insert_attempt
@@ -57,6 +59,7 @@ def open_account(*, name: str, balance: int) -> Account:
     return Account.objects.create(name=name.strip(), balance=balance, opening_balance=balance)
 
 
+@metrics.counts_deductions
 def deduct(
     *,
     account_id: int,
@@ -259,3 +262,51 @@ def audit(*, account_ids: list[int] | None = None) -> list[AuditLine]:
         )
         for a in accounts.values_list("pk", "name", "opening_balance", "balance", "adjusted", "deducted", named=True)
     ]
+
+
+class LossGroup(NamedTuple):
+    """The balance loss of the accounts that the same set of strategies wrote to."""
+
+    strategy: str  # the writers' names joined with "+" (sorted), or "none"
+    safe: bool  # every writer is safe across processes: a loss here is a bug, not a lesson
+    balance_loss: int
+    accounts: int
+
+
+NO_WRITER = "none"
+
+
+def balance_loss_by_writers(lines: list[AuditLine]) -> list[LossGroup]:
+    """An audit's loss, grouped by the strategies whose succeeded deductions wrote to each account.
+
+    A strategy can only be blamed for accounts it wrote to, and an account written by several
+    strategies cannot be split between them, so each account counts once, under the set of its
+    writers ("atomic+no-lock"). Every registered strategy appears, at 0 if it lost nothing; sets
+    appear only with a loss, so the groups stay few (subsets of the registry) however many
+    accounts an attack opens. A loss on an account no deduction wrote to ("none") is a balance
+    changed behind the ledger's back: nothing unsafe explains it.
+    """
+    losing = {line.account_id: line.balance_loss for line in lines if line.balance_loss}
+    writers: dict[int, set[str]] = defaultdict(set)
+    ids = sorted(losing)
+    for start in range(0, len(ids), 500):  # bounded IN lists (SQLite limits query parameters)
+        attempts = DeductionAttempt.objects.filter(account_id__in=ids[start : start + 500], outcome=Outcome.SUCCEEDED)
+        for account_id, strategy in attempts.order_by().values_list("account_id", "strategy").distinct():
+            writers[account_id].add(strategy)
+    totals: dict[str, list[int]] = {name: [0, 0] for name in registry.names()}
+    for account_id, loss in losing.items():
+        total = totals.setdefault("+".join(sorted(writers[account_id])) or NO_WRITER, [0, 0])
+        total[0] += loss
+        total[1] += 1
+    return [
+        LossGroup(strategy=key, safe=_all_safe(key), balance_loss=loss, accounts=accounts)
+        for key, (loss, accounts) in totals.items()
+    ]
+
+
+def _all_safe(writers: str) -> bool:
+    if writers == NO_WRITER:
+        return True
+    names = registry.names()
+    # A strategy no longer registered cannot vouch for itself.
+    return all(name in names and registry.get(name).safe_across_processes for name in writers.split("+"))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hmac
+import ipaddress
+
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
@@ -13,7 +17,9 @@ from django.urls import Resolver404, resolve
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django_redis import get_redis_connection
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from ledger import metrics as ledger_metrics
 from ledger import selectors, status
 from ledger.attack import launcher
 from ledger.attack.report import format_value, run_report, table_rows
@@ -52,6 +58,46 @@ def health(request: HttpRequest) -> JsonResponse:
         {"status": "ok" if healthy else "unavailable", "instance": current_instance_id(), "checks": checks},
         status=200 if healthy else 503,
     )
+
+
+@functools.cache
+def _metrics_networks(networks: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(network, strict=False) for network in networks]
+
+
+def metrics_refusal(request: HttpRequest) -> HttpResponse | None:
+    """Why a request may not read /metrics (403: not from METRICS_ALLOWED_NETWORKS; 401: without
+    the METRICS_TOKEN bearer token), or None. The address is the TCP peer (REMOTE_ADDR), never a
+    forwarded header a client could write."""
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        address = None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    networks = _metrics_networks(tuple(settings.METRICS_ALLOWED_NETWORKS))
+    if address is None or not any(address in network for network in networks):
+        return HttpResponse("metrics: this address may not read them\n", status=403, content_type="text/plain")
+    if settings.METRICS_TOKEN:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        expected = settings.METRICS_TOKEN.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            refused = HttpResponse("metrics: bearer token required\n", status=401, content_type="text/plain")
+            refused["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return refused
+    return None
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus scrapes each instance here: its workers' metrics summed, plus the ledger-wide ones.
+
+    The classic text format, which Prometheus 2 accepts whatever else it offers: the answer is two
+    registries' output concatenated, which OpenMetrics (one `# EOF` at the end) would not allow.
+    """
+    refused = metrics_refusal(request)
+    return refused or HttpResponse(ledger_metrics.exposition(), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 def _admin_context(request: HttpRequest, title: str) -> dict:

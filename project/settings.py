@@ -7,6 +7,7 @@ and CI set DATABASE_URL / REDIS_URL and the security variables listed in the REA
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -276,3 +277,47 @@ LOGGING = {
 
 # HTTP API (issue 3): 4xx answers (refused deductions, 429s) are results, not warnings; 5xx stay logged.
 LOGGING.setdefault("loggers", {})["django.request"] = {"level": os.environ.get("REQUEST_LOG_LEVEL", "ERROR")}
+
+# --- Metrics (issue 5): django-prometheus, who may read /metrics, the balance-loss refresh -------
+# Request/response, database and cache metrics come from django-prometheus: its middleware around
+# everything else, its database wrappers (same vendors, every query counted and timed; with a
+# cheaper cursor, project/db_backends) and its django-redis cache subclass. Our own metrics:
+# ledger/metrics.py. README: "Observability".
+INSTALLED_APPS += ["django_prometheus"]
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    *MIDDLEWARE,
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+_PROMETHEUS_ENGINES = {
+    "django.db.backends.mysql": "project.db_backends.mysql",
+    "django.db.backends.sqlite3": "project.db_backends.sqlite3",
+}
+DATABASES["default"]["ENGINE"] = _PROMETHEUS_ENGINES.get(DATABASES["default"]["ENGINE"], DATABASES["default"]["ENGINE"])
+CACHES["default"]["BACKEND"] = "django_prometheus.cache.backends.redis.RedisCache"
+# django-ratelimit warns about any backend it does not list (W001, once its app checks load). This
+# one is django-redis's RedisCache with get() counted: the same atomic incr the rate limiter needs.
+SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
+
+
+def env_networks(name: str, default: str) -> list[str]:
+    """CIDR networks from the environment, refused at start-up if one is malformed."""
+    networks = env_list(name, default)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+    return networks
+
+
+# /metrics answers only clients from these networks (REMOTE_ADDR: the peer, never a forwarded
+# header) and, when METRICS_TOKEN is set, only with `Authorization: Bearer <METRICS_TOKEN>`.
+# Default: loopback only, no token. Compose: Prometheus's fixed address and a token.
+METRICS_ALLOWED_NETWORKS = env_networks("METRICS_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128")
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+# The balance-loss gauges come from an audit that a scrape runs when the last one is older than
+# this (one process at a time, fleet-wide); 0: only `manage.py audit` updates them.
+METRICS_AUDIT_INTERVAL_S = env_float("METRICS_AUDIT_INTERVAL_S", 60.0)
+# Prometheus scrapes each instance over plain HTTP inside the deployment's network.
+SECURE_REDIRECT_EXEMPT += [r"^metrics$"]

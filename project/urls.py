@@ -24,3 +24,6 @@ urlpatterns += [
     path("visualize/accounts/<int:account_id>/", views.visualize_account, name="visualize-account"),
     path("visualize/compare/", views.compare, name="visualize-compare"),
 ]
+
+# Prometheus metrics of this instance (metrics issue): restricted, see ledger.views.metrics.
+urlpatterns += [path("metrics", views.metrics, name="metrics")]

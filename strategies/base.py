@@ -13,17 +13,22 @@ The service (`ledger.services.deduct`) records every other outcome afterwards.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
+from ledger import metrics
 from ledger.errors import AccountNotFound
 from ledger.models import Account
+
+if TYPE_CHECKING:
+    from prometheus_client import Gauge
 
 
 @dataclass
@@ -53,6 +58,7 @@ class DeductionTrace:
     lock_expired: bool = False
     events: list[dict] = field(default_factory=list)
     succeeded: bool = False
+    _lock_waiters: Gauge | None = field(default=None, repr=False)  # counts this attempt while it waits
 
     def now(self) -> datetime:
         """Wall-clock time derived from one monotonic clock, so marks never go backwards."""
@@ -65,9 +71,27 @@ class DeductionTrace:
         self.events.append({"t_us": self.elapsed_us(), "event": name, **details})
         return self.now()
 
+    @contextmanager
+    def waiting_for_lock(self, strategy: str) -> Iterator[float]:
+        """Count this attempt among `strategy`'s lock waiters (the `ledger_lock_waiters` gauge)
+        from now until `lock_acquired`, or until the block ends if the lock never came.
+        Yields the perf_counter() the wait started at, for `lock_acquired`."""
+        self._lock_waiters = metrics.lock_waiters(strategy)
+        self._lock_waiters.inc()
+        try:
+            yield time.perf_counter()
+        finally:
+            self._stop_waiting()
+
+    def _stop_waiting(self) -> None:
+        if self._lock_waiters is not None:
+            self._lock_waiters.dec()
+            self._lock_waiters = None
+
     def lock_acquired(self, waited_from: float) -> None:
         """Mark the lock as held; `waited_from` is the perf_counter() taken before waiting."""
         self.lock_wait_s = time.perf_counter() - waited_from
+        self._stop_waiting()
         self.lock_acquired_at = self.event("lock_acquired", wait_us=int(self.lock_wait_s * 1_000_000))
 
     def read(self, balance: int, version: int) -> None:

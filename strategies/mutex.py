@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from django.conf import settings
 
@@ -33,9 +32,9 @@ class Mutex(Strategy):
 
     def deduct(self, trace: DeductionTrace) -> None:
         lock = _lock_for(trace.account_id)
-        waited_from = time.perf_counter()
-        if not lock.acquire(timeout=settings.LEDGER_LOCK_WAIT_S):
-            raise LockTimeout(f"process lock not acquired within {settings.LEDGER_LOCK_WAIT_S} s")
+        with trace.waiting_for_lock(self.name) as waited_from:
+            if not lock.acquire(timeout=settings.LEDGER_LOCK_WAIT_S):
+                raise LockTimeout(f"process lock not acquired within {settings.LEDGER_LOCK_WAIT_S} s")
         try:
             trace.lock_acquired(waited_from)
             read_compute_write(trace)

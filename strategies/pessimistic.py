@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import time
-
 from django.db import transaction
 
 from ledger.errors import InsufficientFunds
@@ -23,8 +21,8 @@ class Pessimistic(Strategy):
     safe_across_processes = True
 
     def deduct(self, trace: DeductionTrace) -> None:
-        waited_from = time.perf_counter()
-        with transaction.atomic():
+        # On SQLite the wait is BEGIN IMMEDIATE, when the transaction starts; on MySQL the SELECT.
+        with trace.waiting_for_lock(self.name) as waited_from, transaction.atomic():
             balance, version = read_balance(trace.account_id, for_update=True)
             trace.lock_acquired(waited_from)
             trace.read(balance, version)

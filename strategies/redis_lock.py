@@ -96,9 +96,9 @@ class RedisLock(Strategy):
             sleep=settings.LEDGER_REDIS_LOCK_RETRY_S,
             blocking_timeout=settings.LEDGER_LOCK_WAIT_S,
         )
-        waited_from = time.perf_counter()
-        if not lock.acquire():
-            raise LockTimeout(f"redis lock not acquired within {settings.LEDGER_LOCK_WAIT_S} s")
+        with trace.waiting_for_lock(self.name) as waited_from:
+            if not lock.acquire():
+                raise LockTimeout(f"redis lock not acquired within {settings.LEDGER_LOCK_WAIT_S} s")
         try:
             trace.lock_acquired(waited_from)
             balance, version = read_balance(trace.account_id)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
-from django.conf import settings
 from django.db import connection, connections
 
 T = TypeVar("T")
@@ -107,6 +107,35 @@ def set_lock_timeout(seconds: int) -> None:
 
 def mysql_only(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(
-        settings.DATABASES["default"]["ENGINE"] != "django.db.backends.mysql",
+        connection.vendor != "mysql",
         reason=f"MySQL/MariaDB only: {reason}",
     )
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 10) -> None:
+    """Until `condition()` holds, for state another thread or process moves and nothing signals
+    (a gauge, a scraped value): polled, bounded, never a fixed sleep standing in for an event."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not reached within {timeout} s")
+        time.sleep(0.002)
+
+
+Exposition = dict[str, dict[tuple, float]]
+
+
+def parse_exposition(text: str) -> Exposition:
+    """Prometheus text → sample name → {sorted (label, value) pairs: value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: Exposition = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def sample_value(scraped: Exposition, sample: str, /, **labels: str) -> float:
+    """One sample's value in a parsed exposition; 0 when it is not there (a counter never touched)."""
+    return scraped.get(sample, {}).get(tuple(sorted(labels.items())), 0.0)

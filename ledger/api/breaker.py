@@ -56,6 +56,7 @@ from strategies.base import is_lock_timeout
 logger = logging.getLogger(__name__)
 
 MYSQL_DEADLOCK = 1213
+BREAKER_STATES = (STATE_CLOSED, STATE_OPEN, STATE_HALF_OPEN)
 
 
 def is_outage(error: BaseException) -> bool:
@@ -234,6 +235,10 @@ class DatabaseBreaker:
             # The request that trips the breaker reports its own database error.
             throw_new_error_on_trip=False,
         )
+
+    @property
+    def name(self) -> str:
+        return self._breaker.name
 
     @property
     def state(self) -> str:

@@ -43,9 +43,12 @@ def test_every_strategy_over_http_and_no_loss_for_the_correct_ones(live_server):
         assert run["requests"] == 60 and (run["rate_limited"], run["unavailable"], run["error"]) == (0, 0, 0)
         # The client's view: what it saw succeed (201s) against the balance the API reports.
         assert run["expected_balance"] == 5_000 - 100 * run["succeeded"]
-        assert run["actual_balance"] == Account.objects.get(pk=run["account_id"]).balance
         if name in CORRECT:
             assert run["balance_loss"] == 0, name
+            # The API reads the balance through the cache. A lost update commits one version twice
+            # with two balances and the cache keeps the first (README "Cached balance reads",
+            # limits): only for the correct strategies must it equal the row.
+            assert run["actual_balance"] == Account.objects.get(pk=run["account_id"]).balance
     # No --token: the demo token was accepted, so the server shares this database.
     assert AttackRun.objects.get(pk=runs["atomic"]["run_id"]).account_id == runs["atomic"]["account_id"]
 

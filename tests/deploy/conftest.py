@@ -6,9 +6,11 @@ import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,8 +23,11 @@ from django.db import connection
 
 from deploy import cluster, nginx
 from ledger.errors import ClusterError
+from tests.support import Exposition, parse_exposition
 
 REPO = nginx.NGINX_CONF.parent
+# Where compose mounts the secret `metrics_token` in the Prometheus container (its default target).
+TOKEN_FILE = "/run/secrets/metrics_token"
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Z0-9_]+)(?:(?P<op>:[-?])(?P<arg>[^}]*))?\}")
 
 
@@ -244,3 +249,21 @@ class RecordingUpstream:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`promtool ARGS` in the repository; fails the test with promtool's words unless it succeeds."""
+    if not shutil.which("promtool"):
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    result = subprocess.run(["promtool", *args], cwd=REPO, input=stdin, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def scrape(url: str, *, token: str | None = None) -> Exposition:
+    """GET URL/metrics as Prometheus does (with the bearer token, if any)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/metrics", headers=headers), timeout=30) as response:
+        return parse_exposition(response.read().decode())

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import socket
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from deploy import cluster
-from tests.deploy.conftest import manage, recorded, up
+from tests.deploy.conftest import manage, recorded, scrape, up
 from tests.support import mysql_only
 
 
@@ -58,6 +59,15 @@ def test_two_instances_answer_behind_nginx_and_down_leaves_no_process(cluster_en
 
         with get(f"{base}/static/admin/css/base.css") as response:
             assert response.status == 200 and "X-Instance" not in response.headers  # nginx, not an app
+
+        # Metrics: each instance answers its own, from a multiprocess directory of its own; nginx never.
+        for member in record.members[:2]:
+            scraped = scrape(member.url)
+            assert "ledger_deductions_total" in scraped and "django_http_requests_total_by_method_total" in scraped
+            assert list((record.run_dir / member.name / "prometheus").glob("counter_*.db"))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get(f"{base}/metrics")
+        assert refused.value.code == 404
 
         again = up(cluster_env)
         assert again.returncode != 0 and "already running" in again.stderr

@@ -14,10 +14,10 @@ import pytest
 
 from deploy import cluster
 from ledger.management.commands.attack import Command as AttackCommand
-from ledger.models import DeductionAttempt
+from ledger.models import DeductionAttempt, Outcome
 from strategies import registry
-from tests.deploy.conftest import manage, recorded, up
-from tests.support import mysql_only
+from tests.deploy.conftest import manage, recorded, scrape, up
+from tests.support import mysql_only, sample_value
 
 pytestmark = [pytest.mark.integration, mysql_only("the deployment's database"), pytest.mark.django_db(transaction=True)]
 
@@ -75,3 +75,22 @@ def test_mutex_loses_money_across_instances_and_the_safe_strategies_do_not(clust
         else:
             assert run["balance_loss"] == 0, run
             assert audit.returncode == 0, strategy + audit.stdout + audit.stderr
+
+    # Prometheus's view: each instance's /metrics sums its two workers; the two instances together
+    # counted every recorded attempt exactly once, by strategy and outcome.
+    instances = [member for member in running_cluster.members if member.name != cluster.PROXY]
+    scraped = [scrape(member.url) for member in instances]
+    recorded_attempts = DeductionAttempt.objects.order_by()
+    for strategy in ["mutex", *safe]:
+        for outcome in Outcome.values:
+            labels = {"strategy": strategy, "outcome": outcome}
+            expected = recorded_attempts.filter(**labels).count()
+            assert sum(sample_value(s, "ledger_deductions_total", **labels) for s in scraped) == expected, labels
+            counted = sum(sample_value(s, "ledger_deduction_duration_seconds_count", **labels) for s in scraped)
+            assert counted == expected
+        waited = recorded_attempts.filter(strategy=strategy, lock_wait_us__isnull=False).count()
+        assert sum(sample_value(s, "ledger_lock_wait_seconds_count", strategy=strategy) for s in scraped) == waited
+    assert all(sample_value(s, "ledger_deductions_total", strategy="atomic", outcome="succeeded") for s in scraped)
+    # The ledger-wide audit: the same on both instances; mutex lost money and is not safe across processes.
+    losses = [sample_value(s, "ledger_balance_loss_minor_units", strategy="mutex", safe="false") for s in scraped]
+    assert losses[0] == losses[1] != 0
