@@ -54,6 +54,16 @@ def health(request: HttpRequest) -> JsonResponse:
     )
 
 
+@never_cache
+@require_GET
+def bench_hello(request: HttpRequest) -> JsonResponse:
+    """bench/'s HTTP ceiling: the same gunicorn, WSGI and middleware as the API, and nothing else
+    (no database, no Redis, no authentication). Not found unless BENCH_HELLO_VIEW is on."""
+    if not settings.BENCH_HELLO_VIEW:
+        raise Http404("Not found.")
+    return JsonResponse({"hello": "world", "instance": current_instance_id()})
+
+
 def _admin_context(request: HttpRequest, title: str) -> dict:
     """What the admin's base template needs, for pages that look like the admin."""
     return {**admin.site.each_context(request), "title": title, "is_nav_sidebar_enabled": False}

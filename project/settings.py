@@ -126,6 +126,8 @@ def _database(url: str | None) -> dict:
         }
     config = dj_database_url.parse(url, conn_max_age=env_int("CONN_MAX_AGE", 60), conn_health_checks=True)
     if config["ENGINE"] == "django.db.backends.mysql":
+        # Django's MySQL backend with one round trip less per transaction (project/mysql/base.py).
+        config["ENGINE"] = "project.mysql"
         config["OPTIONS"] = {
             "charset": "utf8mb4",
             # Django's default, spelled out: a re-read in the same transaction must see
@@ -264,6 +266,13 @@ BREAKER_FAILURE_RATIO = env_float("BREAKER_FAILURE_RATIO", 0.6)
 BREAKER_WINDOW_S = env_int("BREAKER_WINDOW_S", 10)
 BREAKER_RESET_TIMEOUT_S = env_int("BREAKER_RESET_TIMEOUT_S", 60)
 BREAKER_HALF_OPEN_TRIALS = env_int("BREAKER_HALF_OPEN_TRIALS", 3)
+# -------------------------------------------------------------------------------------------
+
+# --- Benchmarks (issue 8): bench/ and `make bench` -----------------------------------------------
+# GET /bench/hello/: a bare JSON answer through the whole HTTP stack (gunicorn, middleware, no
+# database, no Redis): the HTTP ceiling bench/ compares the API with. 404 unless enabled; only
+# `make bench` enables it, on the instances it starts itself.
+BENCH_HELLO_VIEW = env_bool("BENCH_HELLO_VIEW", False)
 # -------------------------------------------------------------------------------------------
 
 LOGGING = {

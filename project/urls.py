@@ -24,3 +24,6 @@ urlpatterns += [
     path("visualize/accounts/<int:account_id>/", views.visualize_account, name="visualize-account"),
     path("visualize/compare/", views.compare, name="visualize-compare"),
 ]
+
+# Benchmarks (issue 8): the bare HTTP ceiling; answers 404 unless settings.BENCH_HELLO_VIEW is on.
+urlpatterns += [path("bench/hello/", views.bench_hello, name="bench-hello")]

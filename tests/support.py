@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
-from django.conf import settings
 from django.db import connection, connections
 
 T = TypeVar("T")
@@ -107,6 +106,6 @@ def set_lock_timeout(seconds: int) -> None:
 
 def mysql_only(reason: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(
-        settings.DATABASES["default"]["ENGINE"] != "django.db.backends.mysql",
+        connection.vendor != "mysql",
         reason=f"MySQL/MariaDB only: {reason}",
     )
