@@ -68,7 +68,7 @@ class Bench:
         self.args = args
         self.started = time.monotonic()
         self.rows: list[dict] = []
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, width=200)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -93,7 +93,8 @@ class Bench:
             kind, reason = why
             self.rows.append(report.row(workload=workload, topology=topology, strategy=strategy, missing=reason,
                                         missing_kind=kind))  # fmt: skip
-            self.say(f"[yellow]{where}: missing ({reason})[/]")
+            if kind != SELECTION:
+                self.say(f"[yellow]{where}: missing ({reason})[/]")
             return
         began = time.monotonic()
         try:
