@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ledger.attack.report import format_value
+
 # Workloads (README "Benchmarks").
 HOT, SPREAD, READ_HEAVY = "hot", "spread", "read-heavy"
 WORKLOADS = {
@@ -155,17 +157,10 @@ def evaluate_targets(
 
 
 def fmt(value: object, kind: str = "") -> str:
-    if value is None:
-        return "–"
-    if kind == "ratio":
+    """A figure as the attack table shows it (`kind` "tps": whole numbers); "ratio" and "rate" as %."""
+    if value is not None and kind == "ratio":
         return f"{value:.0%}"
-    if kind == "rate":
-        return f"{value:.1%}"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if kind == "tps" else f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    return format_value("cache_hit_rate" if kind == "rate" else kind, value)
 
 
 RESULT_COLUMNS = [
