@@ -154,3 +154,11 @@ def test_markdown_has_every_section_and_escapes_table_cells():
         assert heading in text, heading
     assert "a \\| b" in text
     assert "`START TRANSACTION` → `COMMIT`" in text
+
+
+def test_a_ceiling_measured_before_and_after_the_app_shows_both_runs():
+    ceiling = line(HOT, CEILING, "atomic", 1100.0)
+    ceiling["tps_runs"] = [1000.0, 1200.0]
+    table = report.result_table(report.attach_ratios([ceiling, line(HOT, THREADS, "atomic", 660.0)]), HOT)
+    assert table[1][2] == "1,100 (1,000 and 1,200)"
+    assert table[2][3] == "60%"
