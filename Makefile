@@ -77,3 +77,18 @@ test: browser-deps
 # The admin and the visualizers on http://127.0.0.1:8000/ (development server; static files served with --insecure).
 serve: setup
 	$(PY) manage.py runserver --insecure 127.0.0.1:8000
+
+# Benchmarks (README "Benchmarks", BENCHMARKS.md): every strategy against the raw-SQL ceiling and the
+# bare hello view, in one run, on this machine (bounded: under 10 minutes). Uses DATABASE_URL /
+# REDIS_URL when set, else the machine's MariaDB and Redis under names of its own.
+BENCH_DATABASE_URL ?= mysql://root@127.0.0.1:3306/zbl_bench
+BENCH_REDIS_URL    ?= redis://127.0.0.1:6379/13
+
+.PHONY: bench bench-smoke
+bench: $(STAMP) nginx
+	DATABASE_URL=$${DATABASE_URL:-$(BENCH_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(BENCH_REDIS_URL)} $(PY) -m bench.run
+
+# The same harness on tiny runs (about half a minute): proves it works, measures nothing (CI).
+bench-smoke: $(STAMP) nginx
+	DATABASE_URL=$${DATABASE_URL:-$(BENCH_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(BENCH_REDIS_URL)} \
+		$(PY) -m bench.run --smoke --output-dir var/bench-smoke

@@ -19,6 +19,7 @@ from django.db import IntegrityError
 from ledger import services
 from ledger.errors import IdempotencyKeyReused, InvalidRequest, RequestIdReused
 from ledger.models import DeductionAttempt
+from ledger.recording import idempotency_key_taken
 from strategies import registry
 
 MAX_KEY_LENGTH = 200
@@ -57,7 +58,8 @@ def deduct_once(
         "strategy": registry.get(strategy or settings.LEDGER_DEFAULT_STRATEGY).name,
         "think_ms": services.validate_think_ms(think_ms),
     }
-    if idempotency_key is not None and (previous := _recorded(idempotency_key, requested)):
+    replay = idempotency_key is not None and idempotency_key_taken(idempotency_key)
+    if replay and (previous := _recorded(idempotency_key, requested)):
         return previous, True
     try:
         return services.deduct(**requested, request_id=request_id, idempotency_key=idempotency_key), False

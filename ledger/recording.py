@@ -1,4 +1,4 @@
-"""Writing DeductionAttempt rows on the hot path of a deduction.
+"""Writing DeductionAttempt rows on the hot path of a deduction (and the key check before one).
 
 `Model.save()` compiles a 24-column INSERT and prepares every value through its field on
 each call: ~330 µs of CPU per attempt on our 2-core machine, a quarter of a deduction,
@@ -55,3 +55,19 @@ def insert_attempt(attempt: DeductionAttempt) -> None:
         attempt.pk = cursor.lastrowid
     attempt._state.adding = False
     attempt._state.db = DEFAULT_DB_ALIAS
+
+
+def idempotency_key_taken(key: str) -> bool:
+    """Whether an attempt already carries this (scoped) idempotency key.
+
+    Asked before every API deduction that sends a key (`attack --url` sends one with each): the
+    ORM's `filter(...).first()` compiled a query each time, ~0.8 ms of CPU per request on our
+    machine; this is one indexed lookup with a fixed statement. A key that is taken is then read
+    through the ORM (a replay, the rare case).
+    """
+    connection = connections[DEFAULT_DB_ALIAS]
+    table = connection.ops.quote_name(DeductionAttempt._meta.db_table)
+    column = connection.ops.quote_name("idempotency_key")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM {table} WHERE {column} = %s", [key])
+        return cursor.fetchone() is not None

@@ -100,6 +100,16 @@ def metrics(request: HttpRequest) -> HttpResponse:
     return refused or HttpResponse(ledger_metrics.exposition(), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
+@never_cache
+@require_GET
+def bench_hello(request: HttpRequest) -> JsonResponse:
+    """bench/'s HTTP ceiling: the same gunicorn, WSGI and middleware as the API, and nothing else
+    (no database, no Redis, no authentication). Not found unless BENCH_HELLO_VIEW is on."""
+    if not settings.BENCH_HELLO_VIEW:
+        raise Http404("Not found.")
+    return JsonResponse({"hello": "world", "instance": current_instance_id()})
+
+
 def _admin_context(request: HttpRequest, title: str) -> dict:
     """What the admin's base template needs, for pages that look like the admin."""
     return {**admin.site.each_context(request), "title": title, "is_nav_sidebar_enabled": False}

@@ -267,6 +267,13 @@ BREAKER_RESET_TIMEOUT_S = env_int("BREAKER_RESET_TIMEOUT_S", 60)
 BREAKER_HALF_OPEN_TRIALS = env_int("BREAKER_HALF_OPEN_TRIALS", 3)
 # -------------------------------------------------------------------------------------------
 
+# --- Benchmarks (issue 8): bench/ and `make bench` -----------------------------------------------
+# GET /bench/hello/: a bare JSON answer through the whole HTTP stack (gunicorn, middleware, no
+# database, no Redis): the HTTP ceiling bench/ compares the API with. 404 unless enabled; only
+# `make bench` enables it, on the instances it starts itself.
+BENCH_HELLO_VIEW = env_bool("BENCH_HELLO_VIEW", False)
+# -------------------------------------------------------------------------------------------
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -281,7 +288,8 @@ LOGGING.setdefault("loggers", {})["django.request"] = {"level": os.environ.get("
 # --- Metrics (issue 5): django-prometheus, who may read /metrics, the balance-loss refresh -------
 # Request/response, database and cache metrics come from django-prometheus: its middleware around
 # everything else, its database wrappers (same vendors, every query counted and timed; with a
-# cheaper cursor, project/db_backends) and its django-redis cache subclass. Our own metrics:
+# cheaper cursor and, on MySQL, one round trip less per transaction: project/db_backends) and its
+# django-redis cache subclass. Our own metrics:
 # ledger/metrics.py. README: "Observability".
 INSTALLED_APPS += ["django_prometheus"]
 MIDDLEWARE = [

@@ -27,3 +27,5 @@ urlpatterns += [
 
 # Prometheus metrics of this instance (metrics issue): restricted, see ledger.views.metrics.
 urlpatterns += [path("metrics", views.metrics, name="metrics")]
+# Benchmarks (issue 8): the bare HTTP ceiling; answers 404 unless settings.BENCH_HELLO_VIEW is on.
+urlpatterns += [path("bench/hello/", views.bench_hello, name="bench-hello")]

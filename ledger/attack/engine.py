@@ -1,11 +1,12 @@
 """The load engine behind `manage.py attack`, the admin's launcher and bench/.
 
-It fires `requests` deductions at one account with `concurrency` workers (threads) spread
-over `processes` OS processes, all released together by one barrier, and turns what the
-workers saw into an `AttackRun`: counts per outcome, TPS, latency percentiles and the
-balance loss (expected − actual balance). With a `read_ratio`, that share of the requests are
-balance reads instead, and every read is checked against what its worker had already seen
-committed (stale reads).
+It fires `requests` deductions at one account (or, with `accounts`, at N accounts picked at
+random per request) with `concurrency` workers (threads) spread over `processes` OS processes,
+all released together by one barrier, and turns what the workers saw into an `AttackRun`:
+counts per outcome, TPS, latency percentiles and the balance loss (expected − actual balance,
+summed over the accounts). With a `read_ratio`, that share of the requests are balance reads
+instead, and every read is checked against what its worker had already seen committed on that
+account (stale reads).
 
 Processes are forked (not spawned) so that they inherit the configured database settings
 (including pytest-django's test database) and each gets its own connections, its own pid
@@ -17,10 +18,11 @@ from __future__ import annotations
 import math
 import multiprocessing
 import queue
+import random
 import threading
 import time
 import traceback
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +38,10 @@ from ledger.services import validate_amount, validate_think_ms
 MAX_REQUESTS = 1_000_000
 # Each worker holds one database connection: keep instances × workers under max_connections.
 MAX_CONCURRENCY = 128
+MAX_ACCOUNTS = 1_000
+# The spread workload's account sequence is pseudo-random but the same for every run of a plan,
+# so that strategies (and repeated runs) are compared on identical request streams.
+ACCOUNT_SEED = 8
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -51,6 +57,7 @@ class AttackPlan:
     think_ms: int = 0
     account_id: int | None = None
     read_ratio: float = 0.0  # share of the requests that are balance reads instead of deductions
+    accounts: int = 1  # fresh accounts the requests are spread over (each request picks one at random)
 
     def validate(self) -> None:
         """Raise InvalidRequest naming the option (as spelled on the command line)."""
@@ -62,6 +69,9 @@ class AttackPlan:
         whole("requests", self.requests, 1, MAX_REQUESTS)
         whole("concurrency", self.concurrency, 1, MAX_CONCURRENCY)
         whole("processes", self.processes, 1, self.concurrency)
+        whole("accounts", self.accounts, 1, MAX_ACCOUNTS)
+        if self.account_id is not None and self.accounts != 1:
+            raise InvalidRequest("accounts", "cannot be combined with an existing account (--account)")
         validate_amount(self.amount)
         if self.account_id is None:
             whole("balance", self.balance, 0, 2**62)
@@ -75,6 +85,13 @@ class AttackPlan:
         exactly floor(requests × read_ratio) of them (the sum telescopes)."""
         return math.floor((index + 1) * self.read_ratio) > math.floor(index * self.read_ratio)
 
+    def account_choices(self) -> list[int] | None:
+        """For each request, the index of the account it goes to; None with a single account."""
+        if self.accounts == 1:
+            return None
+        rng = random.Random(ACCOUNT_SEED)
+        return [rng.randrange(self.accounts) for _ in range(self.requests)]
+
     def as_parameters(self) -> dict:
         return {
             "requests": self.requests,
@@ -84,6 +101,7 @@ class AttackPlan:
             "balance": self.balance,
             "think_ms": self.think_ms,
             "read_ratio": self.read_ratio,
+            "accounts": self.accounts,
         }
 
 
@@ -94,25 +112,28 @@ def run_attack(
     target = target or InProcessTarget()
     plan.validate()
     target.check(plan)
-    account_id, initial_balance = target.prepare(plan)
+    prepared = [target.prepare(plan) for _ in range(plan.accounts)]
+    account_ids = [account_id for account_id, _ in prepared]
+    initial_balance = sum(balance for _, balance in prepared)
     run = AttackRun.objects.create(
         strategy=plan.strategy,
         target=target.label,
         parameters=plan.as_parameters(),
-        account_id=target.local_account_id(account_id),
+        # A spread run has no one account: its attempts name theirs.
+        account_id=target.local_account_id(account_ids[0]) if len(account_ids) == 1 else None,
         started_at=timezone.now(),
         requests=plan.requests,
         initial_balance=initial_balance,
     )
     try:
-        samples, wall_s = _fire(plan, target, account_id, run.pk, on_progress)
-        actual = target.balance(account_id)
-        expected = target.expected_balance(account_id, run.pk, initial_balance, samples, plan)
+        samples, wall_s = fire(plan, target, account_ids, run_id=run.pk, on_progress=on_progress)
+        actual = sum(target.balance(account_id) for account_id in account_ids)
+        expected = target.expected_balance(run.pk, initial_balance, samples, plan)
     except BaseException as failure:
         run.status, run.failure, run.finished_at = AttackRun.Status.FAILED, repr(failure), timezone.now()
         run.save()
         raise
-    _summarise(run, samples, wall_s)
+    summarise(run, samples, wall_s)
     run.expected_balance, run.actual_balance = expected, actual
     run.balance_loss = expected - actual
     run.status, run.finished_at = AttackRun.Status.FINISHED, timezone.now()
@@ -147,7 +168,8 @@ class ClientView:
         return sample._replace(stale=stale)
 
 
-def _summarise(run: AttackRun, samples: list[Sample], wall_s: float) -> None:
+def summarise(run: AttackRun, samples: list[Sample], wall_s: float) -> None:
+    """Set the run's counts, TPS and percentiles from the samples (the run is not saved)."""
     reads = [sample for sample in samples if sample.outcome == READ]
     deductions = [sample for sample in samples if sample.outcome != READ]
     counts = Counter(sample.outcome for sample in deductions)
@@ -191,9 +213,16 @@ class _Shared:
             self.done.value += 1
 
 
-def _fire(
-    plan: AttackPlan, target: Target, account_id: int, run_id: int, on_progress: ProgressCallback | None
+def fire(
+    plan: AttackPlan,
+    target: Target,
+    account_ids: list[int],
+    *,
+    run_id: int | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> tuple[list[Sample], float]:
+    """Send the plan's requests to the target's accounts; return the samples and the wall time
+    from the first worker's start to the last one's end. Records nothing (bench/ uses it as is)."""
     context = multiprocessing.get_context("fork")
     shared = _Shared(
         total=plan.requests,
@@ -203,10 +232,13 @@ def _fire(
     )
     per_process = [len(range(i, plan.concurrency, plan.processes)) for i in range(plan.processes)]
 
-    def send(index: int) -> Sample:
+    choices = plan.account_choices()
+
+    def send(index: int) -> tuple[int, Sample]:
+        account_id = account_ids[choices[index]] if choices else account_ids[0]
         if plan.is_read(index):
-            return target.read(account_id=account_id)
-        return target.fire(account_id=account_id, plan=plan, run_id=run_id)
+            return account_id, target.read(account_id=account_id)
+        return account_id, target.fire(account_id=account_id, plan=plan, run_id=run_id)
 
     if plan.processes == 1:
         outcome: dict = {}
@@ -268,7 +300,10 @@ def _collect(results, children: list) -> list:
     return messages
 
 
-def _child(threads: int, shared: _Shared, send: Callable[[int], Sample], target: Target, results) -> None:
+Send = Callable[[int], tuple[int, Sample]]  # request number -> (the account it went to, what the client saw)
+
+
+def _child(threads: int, shared: _Shared, send: Send, target: Target, results) -> None:
     try:
         samples, first_start, last_end = _run_workers(threads, shared, send, target)
         results.put(("result", ([tuple(s) for s in samples], first_start, last_end)))
@@ -276,9 +311,7 @@ def _child(threads: int, shared: _Shared, send: Callable[[int], Sample], target:
         results.put(("failure", traceback.format_exc()))
 
 
-def _run_workers(
-    threads: int, shared: _Shared, send: Callable[[int], Sample], target: Target
-) -> tuple[list[Sample], float, float]:
+def _run_workers(threads: int, shared: _Shared, send: Send, target: Target) -> tuple[list[Sample], float, float]:
     """Run `threads` workers in this process; return their samples and the time span."""
     samples: list[Sample] = []
     spans: list[tuple[float, float]] = []
@@ -287,12 +320,13 @@ def _run_workers(
 
     def worker() -> None:
         mine: list[Sample] = []
-        client = ClientView()
+        client = defaultdict(ClientView)  # what this worker saw, per account
         try:
             shared.start.wait()
             started = time.perf_counter()
             while (index := shared.claim()) is not None:
-                mine.append(client.observe(send(index)))
+                account_id, sample = send(index)
+                mine.append(client[account_id].observe(sample))
                 shared.finished_one()
             ended = time.perf_counter()
             with lock:

@@ -131,9 +131,7 @@ class HttpTarget:
             raise self._refused(answer, "GET balance")
         return answer.body["balance"]
 
-    def expected_balance(
-        self, account_id: int, run_id: int, initial_balance: int, samples: list[Sample], plan: AttackPlan
-    ) -> int:
+    def expected_balance(self, run_id: int, initial_balance: int, samples: list[Sample], plan: AttackPlan) -> int:
         """Initial balance minus what this client saw succeed (its 201 answers)."""
         return initial_balance - plan.amount * sum(1 for s in samples if s.outcome == Outcome.SUCCEEDED)
 

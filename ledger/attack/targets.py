@@ -41,7 +41,9 @@ class Target(Protocol):
         """Refuse a plan this target cannot run (unknown strategy...) before anything is created."""
 
     def prepare(self, plan: AttackPlan) -> tuple[int, int]:
-        """Create (or look up) the attacked account; return its id and starting balance."""
+        """Create (or look up) an attacked account; return its id and starting balance.
+
+        Called once per account of the plan (`AttackPlan.accounts`), each time for a fresh one."""
 
     def local_account_id(self, account_id: int) -> int | None:
         """The account's id in this process's database, if it lives there."""
@@ -57,9 +59,8 @@ class Target(Protocol):
 
     def balance(self, account_id: int) -> int: ...
 
-    def expected_balance(
-        self, account_id: int, run_id: int, initial_balance: int, samples: list[Sample], plan: AttackPlan
-    ) -> int: ...
+    def expected_balance(self, run_id: int, initial_balance: int, samples: list[Sample], plan: AttackPlan) -> int:
+        """What the run's accounts should hold together, starting from their summed balances."""
 
 
 def fresh_account_name(strategy: str) -> str:
@@ -110,9 +111,7 @@ class InProcessTarget:
     def balance(self, account_id: int) -> int:
         return Account.objects.values_list("balance", flat=True).get(pk=account_id)
 
-    def expected_balance(
-        self, account_id: int, run_id: int, initial_balance: int, samples: list[Sample], plan: AttackPlan
-    ) -> int:
+    def expected_balance(self, run_id: int, initial_balance: int, samples: list[Sample], plan: AttackPlan) -> int:
         """Initial balance minus what the ledger recorded as succeeded for this run."""
         recorded = DeductionAttempt.objects.filter(attack_run_id=run_id, outcome=Outcome.SUCCEEDED)
         return initial_balance - (recorded.aggregate(total=Sum("amount"))["total"] or 0)

@@ -91,6 +91,16 @@ def run_manage(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.django_db(transaction=True)
+def test_accounts_spreads_the_attack_and_says_so():
+    (run,) = attack_json("--mode", "optimistic", "--requests", "40", "--concurrency", "4", "--accounts", "4")
+    assert run["parameters"]["accounts"] == 4 and run["account_id"] is None
+    assert run["initial_balance"] == 4 * 30_000 and run["balance_loss"] == 0
+    out = StringIO()
+    call_command("attack", "--mode", "atomic", "--requests", "8", "--concurrency", "2", "--accounts", "2", stdout=out)
+    assert "spread over 2 accounts" in " ".join(out.getvalue().split())  # the title wraps
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -103,6 +113,8 @@ def run_manage(*args: str) -> subprocess.CompletedProcess:
         (["--mode", "all", "--account", "1"], "--account: cannot be combined with --mode all"),
         (["--read-ratio", "2"], "--read-ratio: must be a number from 0 to 1"),
         (["--read-ratio", "half"], "invalid float value: 'half'"),
+        (["--accounts", "0"], "--accounts: must be an integer from 1 to 1000"),
+        (["--mode", "atomic", "--account", "1", "--accounts", "2"], "--accounts: cannot be combined with an"),
     ],
 )
 def test_bad_input_gives_one_readable_line_and_a_non_zero_exit(args, message):

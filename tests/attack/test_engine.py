@@ -7,7 +7,7 @@ import pytest
 from ledger.attack.engine import AttackPlan, ClientView, percentile, run_attack
 from ledger.attack.targets import READ, Sample
 from ledger.errors import InvalidRequest, UnknownStrategy
-from ledger.models import AttackRun, DeductionAttempt, Outcome
+from ledger.models import Account, AttackRun, DeductionAttempt, Outcome
 
 
 @pytest.mark.django_db(transaction=True)
@@ -120,3 +120,56 @@ def test_processes_whose_results_outgrow_the_queue_pipe_still_report():
     plan = AttackPlan(strategy="atomic", requests=4_000, concurrency=4, processes=2, read_ratio=1)
     run = run_attack(plan)
     assert (run.requests, run.reads, run.stale_reads) == (4_000, 4_000, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_spread_attack_deducts_from_every_account_and_sums_their_balances():
+    plan = AttackPlan(strategy="pessimistic", requests=120, concurrency=6, amount=10, balance=1_000, accounts=5)
+    run = run_attack(plan)
+    attempts = DeductionAttempt.objects.filter(attack_run=run)
+    accounts = set(attempts.values_list("account_id", flat=True))
+    assert len(accounts) == 5
+    assert run.account_id is None  # a spread run has no one account; its attempts name theirs
+    assert (run.initial_balance, run.succeeded, run.balance_loss) == (5_000, 120, 0)
+    balances = Account.objects.filter(pk__in=accounts).values_list("balance", flat=True)
+    assert run.actual_balance == 5_000 - 1_200 == sum(balances)
+    assert run.parameters["accounts"] == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_spread_attack_over_processes_with_reads_sees_no_stale_read_per_account():
+    plan = AttackPlan(
+        strategy="atomic", requests=200, concurrency=4, processes=2, amount=10, accounts=3, read_ratio=0.5
+    )
+    run = run_attack(plan)
+    assert (run.reads, run.succeeded, run.stale_reads, run.balance_loss) == (100, 100, 0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_spread_attack_shows_the_loss_of_an_unsafe_strategy_summed_over_accounts():
+    plan = AttackPlan(
+        strategy="no-lock", requests=200, concurrency=8, amount=10, balance=10_000, accounts=2, think_ms=5
+    )
+    run = run_attack(plan)
+    assert run.succeeded == 200 and run.balance_loss < 0
+
+
+def test_spread_requests_pick_accounts_at_random_but_the_same_way_every_run():
+    plan = AttackPlan(strategy="atomic", requests=1_000, accounts=100)
+    choices = plan.account_choices()
+    assert choices == AttackPlan(strategy="optimistic", requests=1_000, accounts=100).account_choices()
+    assert len(choices) == 1_000 and set(choices) <= set(range(100)) and len(set(choices)) > 90
+    assert choices[:16] != sorted(choices[:16])  # not round-robin: concurrent requests can collide
+    assert AttackPlan(strategy="atomic").account_choices() is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"accounts": 0}, "must be an integer from 1 to 1000"),
+    ({"accounts": 1_001}, "must be an integer from 1 to 1000"),
+    ({"accounts": 2, "account_id": 1}, "cannot be combined with an existing account"),
+])  # fmt: skip
+def test_bad_account_counts_are_refused(changes, message):
+    with pytest.raises(InvalidRequest) as refused:
+        AttackPlan(strategy="atomic", **changes).validate()
+    assert refused.value.field == "accounts" and message in str(refused.value)

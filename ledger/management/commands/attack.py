@@ -30,7 +30,9 @@ class Command(LedgerCommand):
             "--processes", type=int, default=defaults.processes, help="Spread the workers over P processes."
         )
         parser.add_argument("--amount", type=int, default=defaults.amount, help="Minor units per deduction.")
-        parser.add_argument("--balance", type=int, default=defaults.balance, help="Opening balance, minor units.")
+        parser.add_argument(
+            "--balance", type=int, default=defaults.balance, help="Opening balance (of each account), minor units."
+        )
         parser.add_argument("--think-ms", type=int, default=defaults.think_ms, help="Delay between read and write.")
         parser.add_argument("--account", type=int, help="Attack this existing account instead of a fresh one.")
         parser.add_argument(
@@ -38,6 +40,12 @@ class Command(LedgerCommand):
             type=float,
             default=defaults.read_ratio,
             help="Share of the requests (0-1) that read the balance (cached) instead of deducting.",
+        )
+        parser.add_argument(
+            "--accounts",
+            type=int,
+            default=defaults.accounts,
+            help="Spread the requests over N fresh accounts, one picked at random per request (default 1).",
         )
         parser.add_argument("--json", action="store_true", help='Print {"runs": [...]} instead of a table.')
         parser.add_argument("--url", help="Attack the HTTP API of a running server (e.g. http://127.0.0.1:8000).")
@@ -67,6 +75,7 @@ class Command(LedgerCommand):
                 think_ms=options["think_ms"],
                 account_id=options["account"],
                 read_ratio=options["read_ratio"],
+                accounts=options["accounts"],
             )
             for name in strategies
         ]
@@ -112,6 +121,8 @@ class Command(LedgerCommand):
             requests = f"{plan.requests} requests ({plan.read_ratio:.0%} balance reads, deductions of {plan.amount})"
             captions.append("stale read = older than a version the same worker had already seen committed")
         title = f"{requests} · concurrency {plan.concurrency} · {plan.processes} process(es) · think {plan.think_ms} ms"
+        if plan.accounts > 1:
+            title += f" · spread over {plan.accounts} accounts"
         if reports[0]["target"] != AttackRun.IN_PROCESS:
             title += f" · {reports[0]['target']}"
         table = Table(title=title, caption="\n".join(captions))
