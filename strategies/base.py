@@ -24,7 +24,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from ledger import metrics
-from ledger.errors import AccountNotFound
+from ledger.errors import AccountNotFound, InsufficientFunds
 from ledger.models import Account
 
 if TYPE_CHECKING:
@@ -186,6 +186,19 @@ def read_balance(account_id: int, *, for_update: bool = False) -> tuple[int, int
     if row is None:
         raise AccountNotFound(account_id)
     return row
+
+
+def read_and_check(trace: DeductionTrace, *, lock_wait_started: float | None = None) -> tuple[int, int]:
+    """Read balance and version, record the read, and refuse if the balance does not cover
+    the amount. With `lock_wait_started` (the perf_counter() the wait began at) the read is
+    SELECT ... FOR UPDATE: it takes the row lock, and the trace marks when it was acquired."""
+    balance, version = read_balance(trace.account_id, for_update=lock_wait_started is not None)
+    if lock_wait_started is not None:
+        trace.lock_acquired(lock_wait_started)
+    trace.read(balance, version)
+    if balance < trace.amount:
+        raise InsufficientFunds(balance=balance, amount=trace.amount)
+    return balance, version
 
 
 def write_balance(account_id: int, *, balance: int, version: int, expected_version: int | None = None) -> bool:

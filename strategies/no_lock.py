@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from ledger.errors import InsufficientFunds
-from strategies.base import DeductionTrace, Strategy, read_balance, write_balance
+from strategies.base import DeductionTrace, Strategy, read_and_check, write_balance
 from strategies.registry import register
 
 
@@ -12,10 +11,7 @@ def read_compute_write(trace: DeductionTrace) -> None:
 
     Shared with `mutex`, which runs exactly this under a process-local lock.
     """
-    balance, version = read_balance(trace.account_id)
-    trace.read(balance, version)
-    if balance < trace.amount:
-        raise InsufficientFunds(balance=balance, amount=trace.amount)
+    balance, version = read_and_check(trace)
     trace.think()
     after = balance - trace.amount
     with transaction.atomic():

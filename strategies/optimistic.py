@@ -6,8 +6,8 @@ import time
 from django.conf import settings
 from django.db import transaction
 
-from ledger.errors import InsufficientFunds, OptimisticConflict
-from strategies.base import DeductionTrace, Strategy, read_balance, write_balance
+from ledger.errors import OptimisticConflict
+from strategies.base import DeductionTrace, Strategy, read_and_check, write_balance
 from strategies.registry import register
 
 
@@ -29,10 +29,7 @@ class Optimistic(Strategy):
             # The read runs in autocommit, outside any transaction, so every retry sees the
             # latest committed row. Inside one REPEATABLE READ transaction a re-read would
             # return the first snapshot again and every retry would conflict.
-            balance, version = read_balance(trace.account_id)
-            trace.read(balance, version)
-            if balance < trace.amount:
-                raise InsufficientFunds(balance=balance, amount=trace.amount)
+            balance, version = read_and_check(trace)
             trace.think()
             after = balance - trace.amount
             with transaction.atomic():

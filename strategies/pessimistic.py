@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from ledger.errors import InsufficientFunds
-from strategies.base import DeductionTrace, Strategy, read_balance, write_balance
+from strategies.base import DeductionTrace, Strategy, read_and_check, write_balance
 from strategies.registry import register
 
 
@@ -23,11 +22,7 @@ class Pessimistic(Strategy):
     def deduct(self, trace: DeductionTrace) -> None:
         # On SQLite the wait is BEGIN IMMEDIATE, when the transaction starts; on MySQL the SELECT.
         with trace.waiting_for_lock(self.name) as waited_from, transaction.atomic():
-            balance, version = read_balance(trace.account_id, for_update=True)
-            trace.lock_acquired(waited_from)
-            trace.read(balance, version)
-            if balance < trace.amount:
-                raise InsufficientFunds(balance=balance, amount=trace.amount)
+            balance, version = read_and_check(trace, lock_wait_started=waited_from)
             trace.think()
             after = balance - trace.amount
             write_balance(trace.account_id, balance=after, version=version + 1)

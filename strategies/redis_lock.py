@@ -10,8 +10,8 @@ from django_redis import get_redis_connection
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from ledger.errors import InsufficientFunds, LockTimeout, OptimisticConflict
-from strategies.base import DeductionTrace, Strategy, read_balance, write_balance
+from ledger.errors import LockTimeout, OptimisticConflict
+from strategies.base import DeductionTrace, Strategy, read_and_check, write_balance
 from strategies.registry import register
 
 
@@ -101,10 +101,7 @@ class RedisLock(Strategy):
                 raise LockTimeout(f"redis lock not acquired within {settings.LEDGER_LOCK_WAIT_S} s")
         try:
             trace.lock_acquired(waited_from)
-            balance, version = read_balance(trace.account_id)
-            trace.read(balance, version)
-            if balance < trace.amount:
-                raise InsufficientFunds(balance=balance, amount=trace.amount)
+            balance, version = read_and_check(trace)
             trace.think()
             after = balance - trace.amount
             with transaction.atomic():
