@@ -44,25 +44,12 @@ class LaunchAttackForm(forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["mode"].choices = [(ALL, "all strategies")] + [(name, name) for name in registry.names()]
-        if not launcher.attack_supports_url():
-            del self.fields["url"]
 
     def clean(self) -> dict:
         data = super().clean()
         if self.errors:
             return data
-        plans = [
-            AttackPlan(
-                strategy=name,
-                requests=data["requests"],
-                concurrency=data["concurrency"],
-                processes=data["processes"],
-                amount=data["amount"],
-                balance=data["balance"],
-                think_ms=data["think_ms"],
-            )
-            for name in self.strategies()
-        ]
+        plans = [AttackPlan(strategy=name, **self.plan_parameters()) for name in self.strategies()]
         try:
             for plan in plans:
                 plan.validate()
@@ -74,17 +61,12 @@ class LaunchAttackForm(forms.Form):
         mode = self.cleaned_data["mode"]
         return registry.names() if mode == ALL else [mode]
 
+    def plan_parameters(self) -> dict[str, int]:
+        return {option: self.cleaned_data[option] for option in launcher.PLAN_OPTIONS}
+
     def launch_request(self) -> launcher.LaunchRequest:
-        data = self.cleaned_data
         return launcher.LaunchRequest(
-            mode=data["mode"],
-            requests=data["requests"],
-            concurrency=data["concurrency"],
-            processes=data["processes"],
-            amount=data["amount"],
-            balance=data["balance"],
-            think_ms=data["think_ms"],
-            url=data.get("url") or "",
+            mode=self.cleaned_data["mode"], url=self.cleaned_data.get("url") or "", **self.plan_parameters()
         )
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.cache import cache
-from django.core.management import load_command_class
 from django.db import connection
 from django.utils import timezone
 from redis.exceptions import LockError
@@ -54,6 +53,10 @@ class LaunchInProgress(LedgerError):
         self.running = running
 
 
+# The AttackPlan parameters the launch form offers, which are also `attack` options of the same name.
+PLAN_OPTIONS = ("requests", "concurrency", "processes", "amount", "balance", "think_ms")
+
+
 @dataclass(frozen=True)
 class LaunchRequest:
     """What the admin's form asks for: `attack` options, `mode` being a strategy or 'all'."""
@@ -69,18 +72,11 @@ class LaunchRequest:
 
     def command_args(self, launch_id: str) -> list[str]:
         args = ["attack", "--mode", self.mode, "--launch-id", launch_id, "--json"]
-        for option in ("requests", "concurrency", "processes", "amount", "balance", "think_ms"):
+        for option in PLAN_OPTIONS:
             args += [f"--{option.replace('_', '-')}", str(getattr(self, option))]
         if self.url:
             args += ["--url", self.url]
         return args
-
-
-def attack_supports_url() -> bool:
-    """Whether `manage.py attack` can target a URL (`--url`, added by the HTTP API)."""
-    parser = load_command_class("ledger", "attack").create_parser("manage.py", "attack")
-    _, unknown = parser.parse_known_args(["--url", "http://127.0.0.1/"])
-    return not unknown
 
 
 def _lock():
