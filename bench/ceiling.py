@@ -224,7 +224,7 @@ class RawTarget:
         # UPDATE … WHERE version = v, INSERT
         return {"read": ok[0], "write": ok[1]}
 
-    # --- the engine's Target interface -------------------------------------------------------------
+    # The engine's Target interface.
 
     def check(self, plan: AttackPlan) -> None:
         if plan.strategy != self.strategy:
@@ -259,7 +259,7 @@ class RawTarget:
     def expected_balance(self, run_id: int, initial_balance: int, samples: list[Sample], plan: AttackPlan) -> int:
         return initial_balance - plan.amount * sum(1 for s in samples if s.outcome == Outcome.SUCCEEDED)
 
-    # --- the replays ---------------------------------------------------------------------------------
+    # The replays.
 
     def _record(self, raw: RawConnection, d: _Deduction, outcome: str, **values) -> Sample:
         """INSERT the attempt row (Django's captured row for this outcome, with this deduction's values)."""
@@ -392,7 +392,7 @@ class RawTarget:
         return self._redis
 
 
-# --- verification --------------------------------------------------------------------------------------
+# Verification.
 
 # Attempt columns that are measurements of one particular run, not what the strategy decided.
 MEASURED = {"duration_us", "lock_wait_us", "events", "instance_id"}

@@ -153,7 +153,7 @@ def evaluate_targets(
     return targets
 
 
-# --- rendering -------------------------------------------------------------------------------------------
+# Rendering.
 
 
 def fmt(value: object, kind: str = "") -> str:

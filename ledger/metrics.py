@@ -144,7 +144,7 @@ def initialise(*, strategies: Iterable[str], outcomes: Iterable[str]) -> None:
             DEDUCTIONS.labels(strategy, outcome)
 
 
-# --- Reading the metrics back (the live panel, /metrics) ------------------------------------
+# Reading the metrics back (the live panel, /metrics)
 
 
 def multiprocess() -> bool:
@@ -202,7 +202,7 @@ def exposition() -> bytes:
     return generate_latest(instance_registry()) + generate_latest(shared)
 
 
-# --- Balance loss and breaker state: facts about the whole ledger, read at scrape time --------
+# Balance loss and breaker state: facts about the whole ledger, read at scrape time.
 
 AUDIT_KEY = "ledger:metrics:balance-loss"
 AUDIT_REFRESH_LOCK = "ledger:metrics:balance-loss-refresh"

@@ -217,7 +217,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
 
-# --- HTTP API (issue 3): DRF, OpenAPI, rate limiting, circuit breaker -------------------------
+# HTTP API (issue 3): DRF, OpenAPI, rate limiting, circuit breaker.
 REST_FRAMEWORK = {
     # Token first: an unauthenticated API request gets 401 + WWW-Authenticate: Token (with
     # session auth first DRF would answer 403). Sessions serve the browsable API and the admin.
@@ -265,14 +265,12 @@ BREAKER_FAILURE_RATIO = env_float("BREAKER_FAILURE_RATIO", 0.6)
 BREAKER_WINDOW_S = env_int("BREAKER_WINDOW_S", 10)
 BREAKER_RESET_TIMEOUT_S = env_int("BREAKER_RESET_TIMEOUT_S", 60)
 BREAKER_HALF_OPEN_TRIALS = env_int("BREAKER_HALF_OPEN_TRIALS", 3)
-# -------------------------------------------------------------------------------------------
 
-# --- Benchmarks (issue 8): bench/ and `make bench` -----------------------------------------------
+# Benchmarks (issue 8): bench/ and `make bench`.
 # GET /bench/hello/: a bare JSON answer through the whole HTTP stack (gunicorn, middleware, no
 # database, no Redis): the HTTP ceiling bench/ compares the API with. 404 unless enabled; only
 # `make bench` enables it, on the instances it starts itself.
 BENCH_HELLO_VIEW = env_bool("BENCH_HELLO_VIEW", False)
-# -------------------------------------------------------------------------------------------
 
 LOGGING = {
     "version": 1,
@@ -285,7 +283,7 @@ LOGGING = {
 # HTTP API (issue 3): 4xx answers (refused deductions, 429s) are results, not warnings; 5xx stay logged.
 LOGGING.setdefault("loggers", {})["django.request"] = {"level": os.environ.get("REQUEST_LOG_LEVEL", "ERROR")}
 
-# --- Metrics (issue 5): django-prometheus, who may read /metrics, the balance-loss refresh -------
+# Metrics (issue 5): django-prometheus, who may read /metrics, the balance-loss refresh.
 # Request/response, database and cache metrics come from django-prometheus: its middleware around
 # everything else, its database wrappers (same vendors, every query counted and timed; with a
 # cheaper cursor and, on MySQL, one round trip less per transaction: project/db_backends) and its
